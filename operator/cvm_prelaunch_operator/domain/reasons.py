@@ -1,0 +1,43 @@
+"""The vocabulary of conditions: one reason names one situation a user can act on."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # Ready=True
+    SYNCED = "Synced"
+    # Waiting for something outside the operator, not an error.
+    AWAITING_APPROVAL = "AwaitingApproval"
+    AWAITING_TRANSACTION = "AwaitingTransaction"
+    SUSPENDED = "Suspended"
+    DRIFTED = "Drifted"
+    # Work under way.
+    PROGRESSING = "Progressing"
+    UPLOADING = "Uploading"
+    REGISTERING_ON_CHAIN = "RegisteringOnChain"
+    APPLYING = "Applying"
+    # Inputs in the cluster.
+    CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
+    KEY_NOT_FOUND = "KeyNotFound"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    INVALID_SPEC = "InvalidSpec"
+    # Phala Cloud.
+    UNAUTHORIZED = "Unauthorized"
+    FORBIDDEN = "Forbidden"
+    CVM_NOT_FOUND = "CvmNotFound"
+    INVALID_SCRIPT = "InvalidScript"
+    REMOTE_REJECTED = "RemoteRejected"
+    REMOTE_UNAVAILABLE = "RemoteUnavailable"
+    APPLY_FAILED = "ApplyFailed"
+    COMPOSE_HASH_MISMATCH = "ComposeHashMismatch"
+    COMPOSE_HASH_NOT_ALLOWED = "ComposeHashNotAllowed"
+    REGISTRATION_REJECTED = "RegistrationRejected"
+    # The chain.
+    NOT_CONTRACT_OWNER = "NotContractOwner"
+    INSUFFICIENT_FUNDS = "InsufficientFunds"
+    WRONG_CHAIN = "WrongChain"
+    DEVICE_NOT_ALLOWED = "DeviceNotAllowed"
+    TRANSACTION_FAILED = "TransactionFailed"
+    CHAIN_UNAVAILABLE = "ChainUnavailable"

@@ -1,0 +1,89 @@
+"""The small interfaces the reconciler drives. Adapters implement them; unit tests fake them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cvm_prelaunch_operator.domain.models import (
+    CvmInfo,
+    Operation,
+    PendingTransaction,
+    Registration,
+    UpdateAccepted,
+)
+from cvm_prelaunch_operator.domain.secrets import Secret
+
+
+class PhalaCloud(Protocol):
+    """Phala Cloud as seen with one API key. Every method raises only ``domain.errors.SyncError``."""
+
+    async def get_cvm(self, cvm_id: str) -> CvmInfo: ...
+
+    async def get_pre_launch_script(self, cvm_id: str) -> str: ...
+
+    async def patch_pre_launch_script(
+        self,
+        cvm_id: str,
+        script: bytes,
+        *,
+        compose_hash: str | None = None,
+        transaction_hash: str | None = None,
+    ) -> UpdateAccepted:
+        """Phase 1 without the hash headers (raises ``RegistrationRequired`` on 465), Phase 2 with."""
+        ...
+
+    async def get_app_compose(self, cvm_id: str) -> str:
+        """The exact app-compose text the CVM runs (attestation ``tcb_info.app_compose``)."""
+        ...
+
+    async def find_operation(self, cvm_id: str, correlation_id: str) -> Operation | None: ...
+
+
+class PhalaCloudFactory(Protocol):
+    def for_api_key(self, api_key: Secret) -> PhalaCloud: ...
+
+
+@dataclass(frozen=True)
+class ChainTarget:
+    """Where a registration lives: the RPC (whose URL may carry a key), the chain and the contract."""
+
+    rpc_url: Secret
+    chain_id: int
+    app_contract: str
+
+
+@dataclass(frozen=True)
+class RegistrationRequest:
+    target: ChainTarget
+    signer_key: Secret
+    compose_hash: str  # 0x + 64 hex
+    device_id: str | None
+    confirmations: int
+    known_tx_hash: str | None = None  # an earlier registration of the same hash, reusable if verified
+
+
+PersistPending = Callable[[PendingTransaction], Awaitable[None]]
+
+
+class Registrar(Protocol):
+    """Registers compose hashes on a DstackApp contract. Raises only ``domain.errors.SyncError``."""
+
+    async def register(
+        self,
+        request: RegistrationRequest,
+        *,
+        persist: PersistPending,
+        resume_from: PendingTransaction | None = None,
+    ) -> Registration:
+        """Send ``addComposeHash`` exactly once: ``persist`` is awaited with the signed transaction
+        before it is broadcast (if it raises, nothing is sent); ``resume_from`` is such a record from
+        an interrupted run, which is finished instead of signing anew."""
+        ...
+
+    async def verify_registration(
+        self, target: ChainTarget, compose_hash: str, tx_hash: str, confirmations: int
+    ) -> Registration:
+        """Check a transaction made elsewhere: succeeded, to the contract, logs the hash, hash allowed."""
+        ...
