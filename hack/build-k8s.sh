@@ -7,8 +7,10 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 CACHE_ROOT="${CVM_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cvm-prelaunch-operator}"
 OUT="$CACHE_ROOT/k8s-$K8S_VERSION"
+# Bump when the build recipe changes, so cached binaries from an older recipe get rebuilt.
+RECIPE=2
 
-if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kubectl" ]]; then
+if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kubectl" && "$(cat "$OUT/.recipe" 2>/dev/null)" == "$RECIPE" ]]; then
   echo "$OUT"
   exit 0
 fi
@@ -50,9 +52,26 @@ GO
 
 GOFLAGS=-mod=mod go mod tidy -e >/dev/null 2>&1 || true
 GOFLAGS=-mod=mod go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
-mkdir -p "$OUT.tmp"
-GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$OUT.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$OUT.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl
-rm -rf "$OUT"
-mv "$OUT.tmp" "$OUT"
+
+# Stamp the release into the binaries the way upstream's hack/lib/version.sh does; unstamped, they
+# report "v0.0.0-master+$Format:%H$", which `kubectl version` cannot even parse.
+release_time="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(open(json.load(sys.stdin)["Info"]))["Time"])')"
+minor="${K8S_VERSION#v1.}"
+minor="${minor%%.*}"
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitCommit= -X $pkg.gitTreeState=clean -X $pkg.buildDate=$release_time"
+done
+
+rm -rf "$OUT.tmp"
+mkdir -p "$OUT.tmp" "$OUT"
+GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$OUT.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$OUT.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl
+# rename(2) per file: processes already running keep their binary, new ones get the new one, and
+# no moment exists where a binary is missing.
+mv -f "$OUT.tmp/kube-apiserver" "$OUT/kube-apiserver"
+mv -f "$OUT.tmp/kubectl" "$OUT/kubectl"
+echo "$RECIPE" > "$OUT/.recipe"
+rmdir "$OUT.tmp"
 echo "$OUT"
