@@ -21,6 +21,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from web3 import HTTPProvider, Web3
 
 from cvm_prelaunch_localenv import paths
@@ -48,7 +49,7 @@ class AnvilRpcError(RuntimeError):
 class DevAccount:
     """One of anvil's funded development accounts. The key is wrapped so no repr can print it."""
 
-    address: str
+    address: ChecksumAddress
     private_key: Secret
 
     def local_account(self) -> LocalAccount:
@@ -175,6 +176,13 @@ class Anvil:
         if self._port is None:
             raise RuntimeError("anvil is not running")
         return self._port
+
+    @property
+    def workdir(self) -> Path:
+        """Where the log and the account list are (removed at stop unless ``log_dir`` was given)."""
+        if self._workdir is None:
+            raise RuntimeError("anvil is not running")
+        return self._workdir
 
     @property
     def rpc_url(self) -> str:

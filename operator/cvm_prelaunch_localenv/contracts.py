@@ -21,6 +21,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 
@@ -31,7 +32,7 @@ from cvm_prelaunch_operator.domain.secrets import Secret, redact_url
 APP_CONTRACT_NAME = "TestDstackApp"
 MULTICALL3_CONTRACT_NAME = "Multicall3Lite"
 # Where Multicall3 lives on every public chain; clients such as viem only look there.
-MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
+MULTICALL3_ADDRESS: ChecksumAddress = Web3.to_checksum_address("0xcA11bde05977b3631167028862bE2a173976CA11")
 
 COMPILE_TIMEOUT_S = 180.0
 RECEIPT_TIMEOUT_S = 120.0
@@ -60,12 +61,12 @@ class CompiledContract:
 class AppContract:
     """A deployed TestDstackApp and the dev account that owns it."""
 
-    address: str
+    address: ChecksumAddress
     owner: DevAccount
     abi: ABI
 
     def contract(self, w3: Web3) -> Contract:
-        return w3.eth.contract(address=Web3.to_checksum_address(self.address), abi=self.abi)
+        return w3.eth.contract(address=self.address, abi=self.abi)
 
 
 def contracts_dir() -> Path:
@@ -98,7 +99,7 @@ def deploy_app_contract(
     *,
     allow_any_device: bool = False,
     deployer_private_key: Secret | str | None = None,
-) -> str:
+) -> ChecksumAddress:
     """Deploy a TestDstackApp owned by the owner key's address; returns its checksummed address.
 
     The deployer (by default the owner) pays for and signs the deployment; the owner's nonce is
@@ -109,7 +110,7 @@ def deploy_app_contract(
     return _deploy(rpc_url, deployer, compiled_contract(APP_CONTRACT_NAME), owner.address, allow_any_device)
 
 
-def install_multicall3(anvil: Anvil) -> str:
+def install_multicall3(anvil: Anvil) -> ChecksumAddress:
     """Place Multicall3Lite's runtime code at Multicall3's canonical address; returns the address."""
     anvil.set_code(MULTICALL3_ADDRESS, compiled_contract(MULTICALL3_CONTRACT_NAME).runtime_bytecode)
     return MULTICALL3_ADDRESS
@@ -124,7 +125,7 @@ def _account(private_key: Secret | str) -> LocalAccount:
     return account
 
 
-def _deploy(rpc_url: str, deployer: LocalAccount, compiled: CompiledContract, *args: Any) -> str:
+def _deploy(rpc_url: str, deployer: LocalAccount, compiled: CompiledContract, *args: Any) -> ChecksumAddress:
     w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     factory = w3.eth.contract(abi=compiled.abi, bytecode=compiled.bytecode)
     transaction = factory.constructor(*args).build_transaction(
