@@ -27,7 +27,7 @@ from web3.contract import Contract
 
 from cvm_prelaunch_localenv import paths
 from cvm_prelaunch_localenv.chain import Anvil, DevAccount
-from cvm_prelaunch_operator.domain.secrets import Secret, redact_url
+from cvm_prelaunch_operator.domain.secrets import Redactor, Secret, redact_url
 
 APP_CONTRACT_NAME = "TestDstackApp"
 MULTICALL3_CONTRACT_NAME = "Multicall3Lite"
@@ -125,7 +125,26 @@ def _account(private_key: Secret | str) -> LocalAccount:
     return account
 
 
+class DeploymentError(RuntimeError):
+    """A deployment failed; the text names the RPC endpoint only in redacted form."""
+
+
 def _deploy(rpc_url: str, deployer: LocalAccount, compiled: CompiledContract, *args: Any) -> ChecksumAddress:
+    try:
+        return _deploy_and_wait(rpc_url, deployer, compiled, *args)
+    except DeploymentError:
+        raise
+    except Exception as exc:
+        # Transport errors quote the URL, which may carry a provider key: scrub it, drop the cause.
+        redact = Redactor([rpc_url])
+        reason = f"{type(exc).__name__}: {redact(str(exc))}"
+        message = f"deploying {compiled.name} on {redact_url(rpc_url)} failed: {reason}"
+        raise DeploymentError(message) from None
+
+
+def _deploy_and_wait(
+    rpc_url: str, deployer: LocalAccount, compiled: CompiledContract, *args: Any
+) -> ChecksumAddress:
     w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     factory = w3.eth.contract(abi=compiled.abi, bytecode=compiled.bytecode)
     transaction = factory.constructor(*args).build_transaction(
@@ -141,7 +160,7 @@ def _deploy(rpc_url: str, deployer: LocalAccount, compiled: CompiledContract, *a
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=0.05)
     address = receipt.get("contractAddress")
     if receipt["status"] != 1 or not address:
-        raise RuntimeError(
+        raise DeploymentError(
             f"deploying {compiled.name} on {redact_url(rpc_url)} failed: transaction "
             f"{tx_hash.to_0x_hex()} has status {receipt['status']}"
         )

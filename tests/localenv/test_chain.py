@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -22,11 +25,13 @@ from cvm_prelaunch_localenv.chain import Anvil, DevAccount
 from cvm_prelaunch_localenv.contracts import (
     MULTICALL3_ADDRESS,
     AppContract,
+    DeploymentError,
     compiled_contract,
     deploy_app_contract,
     install_multicall3,
 )
 from cvm_prelaunch_localenv.fixtures.chain import AppContractFactory
+from cvm_prelaunch_localenv.processes import free_port
 from cvm_prelaunch_operator.domain.secrets import looks_like_private_key
 
 COMPOSE_HASH_ADDED_TOPIC = "0xfecb34306dd9d8b785b54d65489d06afc8822a0893ddacedff40c50a4942d0af"
@@ -231,6 +236,20 @@ def test_deploy_without_separate_deployer_uses_the_owner(anvil: Anvil) -> None:
     assert app.functions.owner().call() == owner.address
 
 
+def test_deploy_failure_does_not_print_the_rpc_key(anvil: Anvil) -> None:
+    provider_key = "k3yInThePath0123456789abcdef"
+    url = f"http://127.0.0.1:{free_port()}/v2/{provider_key}"
+
+    with pytest.raises(DeploymentError) as raised:
+        deploy_app_contract(url, anvil.accounts[0].private_key)
+
+    text = str(raised.value)
+    assert "ConnectionError" in text
+    assert provider_key not in text
+    assert not looks_like_private_key(text)
+    assert raised.value.__suppress_context__
+
+
 # -- Multicall3 --------------------------------------------------------------------------------------
 
 
@@ -410,3 +429,64 @@ def test_compilation_is_cached_on_disk(tmp_path: Path, monkeypatch: pytest.Monke
             compiled_contract("NoSuchContract")
     finally:
         contracts._compile_all.cache_clear()
+
+
+# viem is the chain library of the official Phala CLI; it reads the app contract through Multicall3.
+VIEM_MULTICALL = """
+import { createRequire } from 'node:module';
+const require = createRequire(process.argv[1]);
+const { createPublicClient, http, parseAbi } = require('viem');
+const { base } = require('viem/chains');
+const [, , rpc, app, hash] = process.argv;
+const abi = parseAbi([
+  'function allowAnyDevice() view returns (bool)',
+  'function allowedComposeHashes(bytes32) view returns (bool)',
+  'function owner() view returns (address)',
+]);
+const client = createPublicClient({ chain: base, transport: http(rpc) });
+const results = await client.multicall({ contracts: [
+  { address: app, abi, functionName: 'allowAnyDevice' },
+  { address: app, abi, functionName: 'allowedComposeHashes', args: [hash] },
+  { address: app, abi, functionName: 'owner' },
+] });
+process.stdout.write(JSON.stringify(results));
+"""
+
+
+def test_viem_multicall_reads_the_app_contract_on_a_base_chain() -> None:
+    from cvm_prelaunch_localenv import paths
+
+    viem = paths.node_modules() / "viem"
+    node = shutil.which("node")
+    if node is None or not viem.is_dir():
+        pytest.skip("node or node_modules/viem (a dependency of the Phala CLI) is missing")
+    with Anvil(chain_id=8453) as chain:
+        install_multicall3(chain)
+        owner = chain.accounts[0]
+        address = deploy_app_contract(chain.rpc_url, owner.private_key, allow_any_device=True)
+        app = chain.web3().eth.contract(address=address, abi=contracts.app_contract_abi())
+        send(chain.web3(), owner, app.functions.addComposeHash(COMPOSE_HASH))
+
+        completed = subprocess.run(
+            [
+                node,
+                "--input-type=module",
+                "-e",
+                VIEM_MULTICALL,
+                f"{paths.node_modules()}/",
+                chain.rpc_url,
+                address,
+                "0x" + COMPOSE_HASH.hex(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == [
+        {"result": True, "status": "success"},
+        {"result": True, "status": "success"},
+        {"result": owner.address, "status": "success"},
+    ]
