@@ -88,6 +88,8 @@ class Anvil:
     def start(self) -> Anvil:
         if self._process is not None:
             raise RuntimeError("anvil is already started")
+        if not paths.anvil_bin().is_file():
+            raise RuntimeError(f"no anvil at {paths.anvil_bin()}; install the npm packages (npm ci)")
         self._workdir = self._log_dir_given or Path(tempfile.mkdtemp(prefix="anvil-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
         last_error: Exception | None = None

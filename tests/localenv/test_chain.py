@@ -490,3 +490,15 @@ def test_viem_multicall_reads_the_app_contract_on_a_base_chain() -> None:
         {"result": True, "status": "success"},
         {"result": owner.address, "status": "success"},
     ]
+
+
+def test_start_refuses_a_missing_binary_and_bad_block_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cvm_prelaunch_localenv import paths
+
+    with pytest.raises(ValueError, match="block_time"):
+        Anvil(block_time=0)
+    monkeypatch.setattr(paths, "anvil_bin", lambda: tmp_path / "no-anvil")
+    with pytest.raises(RuntimeError, match="no anvil at"):
+        Anvil().start()
