@@ -1,25 +1,90 @@
-"""The ``cvm-prelaunch-operator`` command."""
+"""The ``cvm-prelaunch-operator`` command: wires settings, adapters, the reconciler and kopf."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
 import sys
 from collections.abc import Sequence
 
+import kopf
+
 from cvm_prelaunch_operator import __version__
+from cvm_prelaunch_operator.chain.registrar import Web3Registrar
+from cvm_prelaunch_operator.handlers.kopf_glue import build_registry
+from cvm_prelaunch_operator.handlers.runtime import Runtime
+from cvm_prelaunch_operator.kube.cluster import Cluster, load_api_client
+from cvm_prelaunch_operator.phala.client import PhalaCloudClient
+from cvm_prelaunch_operator.phala.settings import PhalaCloudSettings
+from cvm_prelaunch_operator.reconcile.sync import Reconciler
+from cvm_prelaunch_operator.settings import OperatorSettings
+
+logger = logging.getLogger("cvm_prelaunch_operator")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cvm-prelaunch-operator",
-        description="Keeps the pre-launch script of Phala Cloud CVMs in sync with Kubernetes.",
+        description=(
+            "Keeps the pre-launch script of Phala Cloud CVMs in sync with Kubernetes. Configuration comes "
+            "from the environment: KUBECONFIG (or in-cluster credentials), PHALA_CLOUD_API_URL, "
+            "WATCH_NAMESPACES (comma list, empty for cluster-wide), MAX_CONCURRENT_RECONCILES, "
+            "PHALA_CLOUD_MAX_CONCURRENCY, HEALTH_PORT, METRICS_PORT, LOG_LEVEL."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
+async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> None:
+    cluster = Cluster(load_api_client())
+    cloud = PhalaCloudClient(PhalaCloudSettings.from_env())
+    registrar = Web3Registrar()
+    reconciler = Reconciler(cloud, registrar)
+    runtime = Runtime(cluster, reconciler, workers=settings.workers)
+    registry = build_registry(runtime)
+    stop_flag = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop_flag.set)
+    logger.info(
+        "cvm-prelaunch-operator %s starting (%s)",
+        __version__,
+        "namespaces " + ",".join(settings.namespaces) if settings.namespaces else "cluster-wide",
+    )
+    workers = asyncio.create_task(runtime.queue.run(), name="work-queue")
+    try:
+        await kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz"
+            if settings.health_port
+            else None,
+            stop_flag=stop_flag,
+        )
+    finally:
+        workers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await workers
+        await cloud.aclose()
+        await registrar.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     build_parser().parse_args(argv)
+    settings = OperatorSettings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # kopf's own per-object lines at INFO are noise at scale; warnings still show.
+    logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    asyncio.run(run(settings))
     return 0
 
 

@@ -21,7 +21,7 @@ class Reason(StrEnum):
     # Inputs in the cluster.
     CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
     KEY_NOT_FOUND = "KeyNotFound"
-    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 (a reason, not a password)
     INVALID_SPEC = "InvalidSpec"
     # Phala Cloud.
     UNAUTHORIZED = "Unauthorized"

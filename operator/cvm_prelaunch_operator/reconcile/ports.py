@@ -87,3 +87,40 @@ class Registrar(Protocol):
     ) -> Registration:
         """Check a transaction made elsewhere: succeeded, to the contract, logs the hash, hash allowed."""
         ...
+
+
+@dataclass(frozen=True)
+class ScriptSource:
+    """The desired script, read from the ConfigMap key the resource names."""
+
+    data: bytes
+    config_map_name: str
+    uid: str
+    resource_version: str
+
+
+class StatusConflict(Exception):
+    """The resource changed since it was read; the write was refused and must be re-planned."""
+
+
+class ResourceIO(Protocol):
+    """The cluster as one reconcile of one resource sees it (implemented over the Kubernetes API)."""
+
+    async def read_script(self, config_map: str, key: str) -> ScriptSource:
+        """Raises ``Permanent`` with CONFIGMAP_NOT_FOUND or KEY_NOT_FOUND."""
+        ...
+
+    async def read_secret(self, name: str, key: str) -> Secret:
+        """Raises ``Permanent`` with SECRET_NOT_FOUND."""
+        ...
+
+    async def secret_version(self, name: str) -> str | None:
+        """The Secret's resourceVersion (None if absent): part of what a stalled resource waits on."""
+        ...
+
+    async def patch_status(self, patch: dict[str, object]) -> None:
+        """Merge-patch the status, guarded by the resourceVersion last read or written; raises
+        ``StatusConflict`` when someone else changed the resource in between."""
+        ...
+
+    async def record_event(self, type_: str, reason: str, message: str) -> None: ...

@@ -1,0 +1,47 @@
+"""kopf handlers: thin glue from watch events to the runtime's index and work queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from cvm_prelaunch_operator.domain.resource import GROUP, PLURAL, VERSION
+from cvm_prelaunch_operator.handlers.runtime import Runtime
+
+# The initial listing of ConfigMaps and Secrets comes in pages, so thousands of unrelated objects
+# never sit in memory at once.
+LIST_CHUNK_SIZE = 250
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)  # type: ignore[untyped-decorator]
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)  # type: ignore[untyped-decorator]
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.loggers = False  # log lines are not Events; we post Events on transitions only
+        settings.watching.server_timeout = 300  # the API server ends each watch within 5 minutes
+        settings.watching.client_timeout = 330  # and a silent connection is dropped soon after
+        settings.watching.connect_timeout = 15
+        settings.watching.inactivity_timeout = 120
+        settings.watching.chunk_size = LIST_CHUNK_SIZE
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)  # type: ignore[untyped-decorator]
+    def resource_event(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+        runtime.on_resource((namespace, name), None if type == "DELETED" else body)
+
+    @kopf.on.event("", "v1", "configmaps", registry=registry)  # type: ignore[untyped-decorator]
+    def configmap_event(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+        runtime.on_configmap((namespace, name), None if type == "DELETED" else body)
+
+    # Secrets are watched (list/watch RBAC) only to react when an API key, RPC URL or signer key
+    # changes; their values are read with a GET when a reconcile needs them and never cached.
+    @kopf.on.event("", "v1", "secrets", registry=registry)  # type: ignore[untyped-decorator]
+    def secret_event(type: str | None, meta: kopf.Meta, namespace: str, name: str, **_: Any) -> None:
+        runtime.on_secret((namespace, name), None if type == "DELETED" else str(meta.get("resourceVersion")))
+
+    return registry

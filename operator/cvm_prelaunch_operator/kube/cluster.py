@@ -1,0 +1,287 @@
+"""Kubernetes access for the reconciler: fresh reads, guarded status writes, events, and caches of
+the ConfigMaps and Secrets that resources reference (fed by the watches, never of unreferenced ones).
+
+The official client is synchronous; calls run in worker threads so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater
+from cvm_prelaunch_operator.domain.reasons import Reason
+from cvm_prelaunch_operator.domain.resource import GROUP, KIND, PLURAL, VERSION, ResourceSnapshot
+from cvm_prelaunch_operator.domain.secrets import Secret
+from cvm_prelaunch_operator.reconcile.ports import ScriptSource, StatusConflict
+
+logger = logging.getLogger(__name__)
+
+REPORTING_COMPONENT = "cvm-prelaunch-operator"
+MERGE_PATCH = "application/merge-patch+json"
+
+ObjectKey = tuple[str, str]  # (namespace, name)
+
+
+def load_api_client() -> k8s.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s.ApiClient()
+
+
+@dataclass(frozen=True)
+class CachedConfigMap:
+    uid: str
+    resource_version: str
+    data: Mapping[str, str]
+    binary_data: Mapping[str, str]
+
+
+def _is_missing(exc: ApiException) -> bool:
+    return exc.status == 404
+
+
+def _transient(what: str, exc: ApiException) -> RetryLater:
+    return RetryLater(f"Kubernetes API error while {what}: HTTP {exc.status} {exc.reason}")
+
+
+class Cluster:
+    """One per operator process."""
+
+    def __init__(self, api: k8s.ApiClient) -> None:
+        self._api = api
+        self._core = k8s.CoreV1Api(api)
+        self._custom = k8s.CustomObjectsApi(api)
+        self._configmaps: dict[ObjectKey, CachedConfigMap | None] = {}
+        self._secret_versions: dict[ObjectKey, str | None] = {}
+
+    # -- caches fed by the watches ---------------------------------------------------------------
+
+    def observe_configmap(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:
+        if body is None:
+            self._configmaps[key] = None
+            return
+        meta = body.get("metadata") or {}
+        self._configmaps[key] = CachedConfigMap(
+            uid=str(meta.get("uid", "")),
+            resource_version=str(meta.get("resourceVersion", "")),
+            data=dict(body.get("data") or {}),
+            binary_data=dict(body.get("binaryData") or {}),
+        )
+
+    def observe_secret(self, key: ObjectKey, resource_version: str | None) -> None:
+        self._secret_versions[key] = resource_version
+
+    def forget_configmap(self, key: ObjectKey) -> None:
+        self._configmaps.pop(key, None)
+
+    def forget_secret(self, key: ObjectKey) -> None:
+        self._secret_versions.pop(key, None)
+
+    @property
+    def cached_configmaps(self) -> int:
+        return len(self._configmaps)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get_resource(self, namespace: str, name: str) -> ResourceSnapshot | None:
+        """A fresh (quorum) read: every reconcile pass starts from the latest state, never from a
+        watch event that may predate our own last write."""
+        try:
+            body = await asyncio.to_thread(
+                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if _is_missing(exc):
+                return None
+            raise _transient(f"reading {namespace}/{name}", exc) from None
+        return snapshot_of(body)
+
+    async def configmap(self, namespace: str, name: str) -> CachedConfigMap | None:
+        key = (namespace, name)
+        if key in self._configmaps:
+            return self._configmaps[key]
+        try:
+            body = await asyncio.to_thread(self._core.read_namespaced_config_map, name, namespace)
+        except ApiException as exc:
+            if _is_missing(exc):
+                self._configmaps[key] = None
+                return None
+            raise _transient(f"reading ConfigMap {namespace}/{name}", exc) from None
+        self.observe_configmap(key, self._api.sanitize_for_serialization(body))
+        return self._configmaps[key]
+
+    async def secret(self, namespace: str, name: str) -> tuple[str, Mapping[str, str]] | None:
+        """(resourceVersion, base64 data) of a Secret, read fresh; values are not cached."""
+        try:
+            body = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if _is_missing(exc):
+                return None
+            raise _transient(f"reading Secret {namespace}/{name}", exc) from None
+        rv = str(body.metadata.resource_version or "")
+        self._secret_versions[(namespace, name)] = rv
+        return rv, dict(body.data or {})
+
+    async def secret_version(self, namespace: str, name: str) -> str | None:
+        key = (namespace, name)
+        if key in self._secret_versions:
+            return self._secret_versions[key]
+        found = await self.secret(namespace, name)
+        if found is None:
+            self._secret_versions[key] = None
+            return None
+        return found[0]
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def patch_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
+    ) -> str:
+        """Merge-patch the status subresource. The resourceVersion in the body is a precondition:
+        the API server refuses the write with 409 if the object changed since."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": dict(patch)}
+        try:
+            result = await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body,
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise StatusConflict(f"{namespace}/{name} changed since it was read") from None
+            if _is_missing(exc):
+                raise StatusConflict(f"{namespace}/{name} is gone") from None
+            raise _transient(f"writing the status of {namespace}/{name}", exc) from None
+        return str(result["metadata"]["resourceVersion"])
+
+    async def record_event(self, res: ResourceSnapshot, type_: str, reason: str, message: str) -> None:
+        now = datetime.now(UTC)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{res.name}.{uuid.uuid4().hex[:16]}", "namespace": res.namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": res.name,
+                "namespace": res.namespace,
+                "uid": res.uid,
+                "resourceVersion": res.resource_version,
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": REPORTING_COMPONENT},
+            "reportingComponent": REPORTING_COMPONENT,
+            "reportingInstance": REPORTING_COMPONENT,
+        }
+        try:
+            await asyncio.to_thread(self._core.create_namespaced_event, res.namespace, body)
+        except ApiException as exc:
+            # Events are best effort: status is the record of truth.
+            logger.warning(
+                "could not record event %s on %s/%s: HTTP %s", reason, res.namespace, res.name, exc.status
+            )
+
+    def io_for(self, res: ResourceSnapshot) -> KubeResourceIO:
+        return KubeResourceIO(self, res)
+
+
+class KubeResourceIO:
+    """``reconcile.ports.ResourceIO`` for one pass over one resource."""
+
+    def __init__(self, cluster: Cluster, res: ResourceSnapshot) -> None:
+        self._cluster = cluster
+        self._res = res
+        self._resource_version = res.resource_version
+
+    async def read_script(self, config_map: str, key: str) -> ScriptSource:
+        found = await self._cluster.configmap(self._res.namespace, config_map)
+        if found is None:
+            raise Permanent(
+                f"ConfigMap {self._res.namespace}/{config_map} not found", reason=Reason.CONFIGMAP_NOT_FOUND
+            )
+        if key in found.data:
+            data = found.data[key].encode("utf-8")
+        elif key in found.binary_data:
+            try:
+                data = base64.b64decode(found.binary_data[key], validate=True)
+            except (binascii.Error, ValueError):
+                raise Permanent(
+                    f"binaryData key {key!r} is not base64", reason=Reason.KEY_NOT_FOUND
+                ) from None
+        else:
+            raise Permanent(
+                f"ConfigMap {self._res.namespace}/{config_map} has no key {key!r}",
+                reason=Reason.KEY_NOT_FOUND,
+            )
+        return ScriptSource(
+            data=data, config_map_name=config_map, uid=found.uid, resource_version=found.resource_version
+        )
+
+    async def read_secret(self, name: str, key: str) -> Secret:
+        found = await self._cluster.secret(self._res.namespace, name)
+        if found is None:
+            raise Permanent(f"Secret {self._res.namespace}/{name} not found", reason=Reason.SECRET_NOT_FOUND)
+        encoded = found[1].get(key)
+        if encoded is None:
+            raise Permanent(
+                f"Secret {self._res.namespace}/{name} has no key {key!r}", reason=Reason.SECRET_NOT_FOUND
+            )
+        try:
+            value = base64.b64decode(encoded, validate=True).decode("utf-8").strip()
+        except (binascii.Error, ValueError):
+            raise Permanent(
+                f"Secret {self._res.namespace}/{name} key {key!r} is not valid UTF-8",
+                reason=Reason.SECRET_NOT_FOUND,
+            ) from None
+        return Secret(value)
+
+    async def secret_version(self, name: str) -> str | None:
+        return await self._cluster.secret_version(self._res.namespace, name)
+
+    async def patch_status(self, patch: dict[str, object]) -> None:
+        self._resource_version = await self._cluster.patch_status(
+            self._res.namespace, self._res.name, patch, self._resource_version
+        )
+
+    async def record_event(self, type_: str, reason: str, message: str) -> None:
+        await self._cluster.record_event(self._res, type_, reason, message)
+
+
+def snapshot_of(body: Mapping[str, Any]) -> ResourceSnapshot:
+    meta = body.get("metadata") or {}
+    return ResourceSnapshot(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation") or 0),
+        resource_version=str(meta.get("resourceVersion", "")),
+        spec=dict(body.get("spec") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        status=dict(body.get("status") or {}),
+    )

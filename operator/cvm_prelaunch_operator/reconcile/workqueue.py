@@ -1,0 +1,113 @@
+"""A keyed work queue in the manner of controller-runtime's: each key is processed by one worker at
+a time, adds while it is processed are coalesced into one more run, delayed adds keep the earliest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+logger = logging.getLogger(__name__)
+
+# What a handler returns: seconds until the key should run again, or None for "only on events".
+Handler = Callable[[K], Awaitable[float | None]]
+
+
+class WorkQueue(Generic[K]):
+    def __init__(
+        self, handler: Handler[K], *, workers: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._handler = handler
+        self._workers = workers
+        self._clock = clock
+        self._heap: list[tuple[float, int, K]] = []
+        self._due: dict[K, float] = {}  # key -> earliest due time while scheduled
+        self._processing: set[K] = set()
+        self._again: dict[K, float] = {}  # added while processing: run again at this time
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._ready: asyncio.Queue[K] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._due) + len(self._processing)
+
+    @property
+    def processing(self) -> int:
+        return len(self._processing)
+
+    def add(self, key: K, delay: float = 0.0) -> None:
+        due = self._clock() + max(0.0, delay)
+        if key in self._processing:
+            self._again[key] = min(due, self._again.get(key, due))
+            return
+        current = self._due.get(key)
+        if current is not None and current <= due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._heap, (due, next(self._seq), key))
+        self._wakeup.set()
+
+    def forget(self, key: K) -> None:
+        """Drop a scheduled run (the object is gone); a run in progress finishes."""
+        self._due.pop(key, None)
+        self._again.pop(key, None)
+
+    async def run(self) -> None:
+        """Dispatch and work until cancelled."""
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"reconcile-worker-{i}") for i in range(self._workers)
+        ]
+        try:
+            await self._dispatch()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _dispatch(self) -> None:
+        while True:
+            now = self._clock()
+            while self._heap and self._heap[0][0] <= now:
+                due, _, key = heapq.heappop(self._heap)
+                if self._due.get(key) != due:
+                    continue  # superseded by an earlier add, or forgotten
+                del self._due[key]
+                self._processing.add(key)
+                self._ready.put_nowait(key)
+            timeout = self._heap[0][0] - now if self._heap else None
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._ready.get()
+            requeue: float | None = None
+            try:
+                requeue = await self._handler(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The handler owns its errors; this is a bug guard that keeps the worker alive.
+                logger.exception("unhandled error while reconciling %s", key)
+                requeue = 5.0
+            finally:
+                self._processing.discard(key)
+            again = self._again.pop(key, None)
+            if again is not None:
+                self.add(key, max(0.0, again - self._clock()))
+            if requeue is not None:
+                self.add(key, requeue)
