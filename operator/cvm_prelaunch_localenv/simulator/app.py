@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import email.policy
 import itertools
 import json
 import re
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from email.parser import BytesParser
 from typing import Any
 
 from aiohttp import web
@@ -308,6 +310,7 @@ class Simulator:
             ("GET", "/cvms", self.admin_list_cvms),
             ("POST", "/cvms", self.admin_add_cvm),
             ("GET", "/cvms/{cvm_id}", self.admin_get_cvm),
+            ("PATCH", "/cvms/{cvm_id}", self.admin_patch_cvm),
             ("GET", "/faults", self.admin_list_faults),
             ("POST", "/faults", self.admin_add_fault),
             ("DELETE", "/faults", self.admin_clear_faults),
@@ -704,6 +707,28 @@ class Simulator:
             return R.detail_error(404, "no such CVM")
         return R.json_response(self.cvm_state(cvm))
 
+    async def admin_patch_cvm(self, request: web.Request) -> web.Response:
+        """An out-of-band change (the dashboard, another tool): applied at once, no operation."""
+        cvm = self.find_cvm(request.match_info["cvm_id"])
+        if cvm is None:
+            return R.detail_error(404, "no such CVM")
+        body = await _admin_body(request)
+        unknown = set(body) - {"pre_launch_script", "docker_compose_file", "app_compose", "status"}
+        if unknown:
+            raise _AdminError(f"unknown fields: {', '.join(sorted(unknown))}")
+        app_compose = body.get("app_compose")
+        if app_compose is None:
+            app_compose = cvm.app_compose
+        if not isinstance(app_compose, dict):
+            raise _AdminError("app_compose must be an object")
+        for key in ("pre_launch_script", "docker_compose_file"):
+            if key in body:
+                app_compose[key] = body[key]
+        cvm.app_compose_text = serialise_app_compose(app_compose)
+        if "status" in body:
+            cvm.status = str(body["status"])
+        return R.json_response(self.cvm_state(cvm))
+
     async def admin_list_faults(self, _request: web.Request) -> web.Response:
         return R.json_response([rule.to_json() for rule in self.faults.rules()])
 
@@ -800,14 +825,10 @@ async def _read_script(request: web.Request) -> str | web.Response:
     (what the spec declares)."""
     content_type = request.content_type
     if content_type == "multipart/form-data":
-        try:
-            form = await request.post()
-        except ValueError:
-            return R.detail_error(400, "Malformed multipart body")
-        field = form.get("file")
-        if field is None:
-            return R.detail_error(400, "Empty body: the pre-launch script is required")
-        raw = field.file.read() if isinstance(field, web.FileField) else str(field).encode()
+        file_part = _multipart_field(request.headers.get("Content-Type", ""), await request.read(), "file")
+        if isinstance(file_part, web.Response):
+            return file_part
+        raw = file_part
     elif content_type == "text/plain":
         raw = await request.read()
     else:
@@ -818,6 +839,20 @@ async def _read_script(request: web.Request) -> str | web.Response:
         return raw.decode(request.charset or "utf-8")
     except (UnicodeDecodeError, LookupError):
         return R.detail_error(400, "The pre-launch script is not valid text")
+
+
+def _multipart_field(content_type: str, body: bytes, name: str) -> bytes | web.Response:
+    """One field of a multipart/form-data body (parsed from the bytes the log already read)."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        return R.detail_error(400, "Malformed multipart body")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == name:
+            payload = part.get_payload(decode=True)
+            return payload if isinstance(payload, bytes) else b""
+    return b""
 
 
 async def _read_update_request(request: web.Request) -> dict[str, Any] | web.Response:

@@ -161,6 +161,12 @@ class AdminClient:
         result: dict[str, Any] = self._call("GET", f"/cvms/{cvm_id}")
         return result
 
+    def update_cvm(self, cvm_id: str, **changes: Any) -> dict[str, Any]:
+        """Change a CVM out of band, at once and without an operation (as the dashboard or another
+        tool would): ``pre_launch_script``, ``docker_compose_file``, ``app_compose``, ``status``."""
+        result: dict[str, Any] = self._call("PATCH", f"/cvms/{cvm_id}", changes)
+        return result
+
     def inject(self, **rule: Any) -> dict[str, Any]:
         """Add a fault rule. Matching: ``method``, ``path`` (regex on the path below /api/v1),
         ``cvm``, ``count`` (default 1, ``None`` unlimited). Effects: ``latency_ms``, ``status``
