@@ -480,3 +480,20 @@ def test_verification_round_trip(app_compose: dict[str, Any], script: str, other
     assert verify_compose_hash(text + " ", current_hash, script, claimed).outcome == "cannot_verify"
     if other.replace('": ', '":') != script.replace('": ', '":') and (other or script):
         assert verify_compose_hash(text, current_hash, other, claimed).outcome == "mismatch"
+
+
+def test_deep_nesting_is_refused_before_it_reaches_the_c_stack() -> None:
+    # web3 (py_ecc) raises the recursion limit to 100000, where the C decoder overflows the stack.
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 100_000))
+    try:
+        with pytest.raises(AppComposeError, match="nested deeper"):
+            parse_app_compose("[" * 200_000)
+        with pytest.raises(AppComposeError, match="nested deeper"):
+            parse_app_compose('{"a":' * 100 + "1" + "}" * 100)
+    finally:
+        sys.setrecursionlimit(limit)
+    # Brackets inside strings are text, not nesting.
+    assert parse_app_compose(json.dumps({"s": "[{" * 1000})) == {"s": "[{" * 1000}

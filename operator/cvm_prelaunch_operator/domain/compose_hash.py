@@ -49,7 +49,13 @@ VARIANTS: tuple[Variant, ...] = ("js", "python", "python-ascii")
 
 Outcome = Literal["match", "mismatch", "cannot_verify"]
 
+MAX_JSON_DEPTH = 64
+"""Nesting beyond this is refused before parsing. Python's C JSON decoder recurses on the C stack,
+and a process that imported web3 runs with a recursion limit of 100000 (``py_ecc`` raises it), so
+``json.loads("[" * 100_000)`` there is a segmentation fault, not a ``RecursionError``."""
+
 _HEX64 = re.compile(r"^(?:0x)?([0-9a-fA-F]{64})$")
+_JSON_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 _ARRAY_INDEX = re.compile(r"^(?:0|[1-9][0-9]*)$")
 _MAX_ARRAY_INDEX = 2**32 - 2  # ECMAScript: an array index is an integer below 2**32 - 1
 _MAX_SAFE_INTEGER = 2**53
@@ -89,10 +95,26 @@ def normalize_hash(value: str | None) -> str | None:
     return "0x" + found.group(1).lower() if found else None
 
 
+def load_json_bounded(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> object:
+    """``json.loads`` for text from elsewhere: refuses ``NaN``/``Infinity`` and nesting deeper than
+    ``max_depth`` (raising ``ValueError``) instead of risking the C stack."""
+    if text.count("[") + text.count("{") > max_depth:
+        depth = 0
+        for token in _JSON_STRING_OR_BRACKET.finditer(text):
+            bracket = token.group()
+            if bracket in ("[", "{"):
+                depth += 1
+                if depth > max_depth:
+                    raise ValueError(f"JSON nested deeper than {max_depth} levels")
+            elif bracket in ("]", "}"):
+                depth -= 1
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def parse_app_compose(app_compose_text: str) -> dict[str, object]:
     """Parse an app-compose text strictly: a JSON object, no ``NaN``/``Infinity`` extensions."""
     try:
-        parsed = json.loads(app_compose_text, parse_constant=_reject_constant)
+        parsed = load_json_bounded(app_compose_text)
     except (ValueError, RecursionError) as exc:
         raise AppComposeError(f"app-compose is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
