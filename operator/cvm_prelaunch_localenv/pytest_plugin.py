@@ -4,4 +4,5 @@ pytest_plugins = [
     "cvm_prelaunch_localenv.fixtures.kube",
     "cvm_prelaunch_localenv.fixtures.chain",
     "cvm_prelaunch_localenv.fixtures.simulator",
+    "cvm_prelaunch_localenv.fixtures.operator",
 ]
