@@ -463,3 +463,30 @@ async def test_register_speed_on_an_automining_chain(
     timings.sort()
     print(f"register on automine: median {timings[2] * 1000:.1f} ms, max {timings[-1] * 1000:.1f} ms")
     assert timings[2] < 0.3
+
+
+@pytest.mark.slow
+async def test_register_waits_about_one_block_time(app_contract: AppContract) -> None:
+    """With block time B the registration returns within B plus one poll interval."""
+    block_time = 1.0
+    chain = Anvil(block_time=block_time).start()
+    registrar = Web3Registrar()  # default settings: the 0.2 s poll the operator ships with
+    try:
+        owner = chain.accounts[0]
+        address = await asyncio.to_thread(
+            deploy_app_contract,
+            chain.rpc_url,
+            owner.private_key,
+            deployer_private_key=chain.accounts[-1].private_key,
+        )
+        contract = replace(app_contract, address=address, owner=owner)
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            await registrar.register(request_for(contract, chain.rpc_url), persist=Recorder())
+            timings.append(time.perf_counter() - started)
+    finally:
+        await registrar.aclose()
+        await asyncio.to_thread(chain.stop)
+    print(f"register with {block_time:.0f} s blocks: {', '.join(f'{t:.2f}' for t in timings)} s")
+    assert max(timings) < block_time + 0.3
