@@ -40,6 +40,7 @@ from cvm_prelaunch_localenv.simulator.state import (
     SpecError,
     Workspace,
     build_cvm,
+    hashid_for,
     new_api_key,
     utc_now_iso,
 )
@@ -154,7 +155,7 @@ class Simulator:
             if api_key is not None and existing.api_key == api_key:
                 raise SpecError("that API key belongs to another workspace")
         workspace = Workspace(
-            id="ws_" + secrets.token_hex(6),
+            id=hashid_for("wks_", name),
             name=name,
             slug=re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "workspace",
             api_key=api_key or new_api_key(),
