@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +50,8 @@ class RpcProxy:
         self.methods: list[str] = []
         self.fail_status: int | None = None  # answer every request with this HTTP status
         self.cut_connections = False  # close the connection without an answer, like a dead node
+        # Answers a call itself when this returns a result (not None): a lagging backend, say.
+        self.answer: Callable[[dict[str, Any]], object | None] | None = None
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
 
@@ -63,6 +65,7 @@ class RpcProxy:
     def reset(self) -> None:
         self.fail_status = None
         self.cut_connections = False
+        self.answer = None
         self.methods.clear()
 
     def sent_transactions(self) -> int:
@@ -94,6 +97,10 @@ class RpcProxy:
         self.methods.extend(str(call.get("method")) for call in calls)
         if self.fail_status is not None:
             return web.Response(status=self.fail_status, text="upstream trouble")
+        if self.answer is not None and isinstance(payload, dict):
+            result = self.answer(payload)
+            if result is not None:
+                return web.json_response({"jsonrpc": "2.0", "id": payload.get("id"), "result": result})
         assert self._client is not None
         try:
             if self.cut_connections:

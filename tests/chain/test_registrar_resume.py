@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from registrar_kit import (
@@ -242,3 +243,30 @@ async def test_a_record_of_another_registration_is_refused(
     with pytest.raises(Permanent):
         await resume(request, tampered)
     assert proxy.sent_transactions() == 0
+
+
+async def test_a_lagging_pending_nonce_costs_a_retry_never_a_second_registration(
+    anvil: Anvil, app_contract: AppContract, proxy: RpcProxy, registrar: Web3Registrar
+) -> None:
+    """A load-balanced RPC whose backend lags answers a pending nonce that is already used."""
+    await registrar.register(request_for(app_contract, proxy.url), persist=Recorder())
+    used = anvil.web3().eth.get_transaction_count(app_contract.owner.address) - 1
+    lies = [hex(used)]
+
+    def lagging(call: dict[str, Any]) -> object | None:
+        if call["method"] == "eth_getTransactionCount" and call["params"][1] == "pending" and lies:
+            return lies.pop()
+        return None
+
+    proxy.answer = lagging
+    request = request_for(app_contract, proxy.url)
+    persist = Recorder()
+
+    registration = await registrar.register(request, persist=persist)
+
+    stale, fresh = persist.records  # each persisted before its broadcast
+    assert stale.nonce == used and fresh.nonce > used
+    assert registration.tx_hash == fresh.tx_hash
+    assert [
+        log["transactionHash"] for log in compose_hash_logs(anvil, app_contract, request.compose_hash)
+    ] == [fresh.tx_hash]

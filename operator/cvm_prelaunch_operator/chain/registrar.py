@@ -204,13 +204,20 @@ class ChainTransaction:
 
 
 class SignerLocks:
-    """One lock per (chain id, signer address): a signer's transactions get nonces one at a time."""
+    """One lock per (chain id, signer address): a signer's transactions get nonces one at a time.
+
+    Locks belong to an event loop, so they are kept per running loop as well.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
+        self._locks: dict[tuple[int, int, str], asyncio.Lock] = {}
 
     def for_signer(self, chain_id: int, address: str) -> asyncio.Lock:
-        return self._locks.setdefault((chain_id, address.lower()), asyncio.Lock())
+        key = (id(asyncio.get_running_loop()), chain_id, address.lower())
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
 
 # Shared by every registrar of the process: resources that share a key share its nonce stream.
@@ -261,7 +268,10 @@ class Web3Registrar:
         """Close every HTTP session. The registrar opens new ones if used again."""
         clients, self._clients = self._clients, {}
         for w3 in clients.values():
-            await w3.provider.disconnect()
+            try:
+                await w3.provider.disconnect()
+            except Exception as exc:  # closing must not fail a shutdown
+                logger.debug("closing a chain RPC session failed: %s", type(exc).__name__)
 
     # -- the Registrar port ------------------------------------------------------------------------
 
@@ -276,12 +286,17 @@ class Web3Registrar:
         signer = _account(request.signer_key)
         session = await self._session(request.target, request.signer_key)
         deadline = time.monotonic() + self.settings.receipt_timeout
+        used_nonce = 0
         try:
             if resume_from is not None:
                 registration = await self._resume(session, request, compose_hash, resume_from, deadline)
                 if registration is not None:
                     return registration
-            return await self._register_fresh(session, request, signer, compose_hash, persist, deadline)
+                if resume_from.sender.lower() == signer.address.lower():
+                    used_nonce = resume_from.nonce + 1
+            return await self._register_fresh(
+                session, request, signer, compose_hash, persist, deadline, min_nonce=used_nonce
+            )
         except SyncError as error:
             logger.warning(
                 "registering compose hash %s on %s (chain %s) failed: %s",
@@ -407,6 +422,8 @@ class Web3Registrar:
         compose_hash: bytes,
         persist: PersistPending,
         deadline: float,
+        *,
+        min_nonce: int,
     ) -> Registration:
         for _attempt in range(max(1, self.settings.max_fresh_attempts)):
             preflight = await self._preflight(session, signer, compose_hash, request.device_id)
@@ -420,7 +437,9 @@ class Web3Registrar:
             fees = _Fees(preflight.max_fee_per_gas, preflight.max_priority_fee_per_gas)
             data = session.contract.encode_abi("addComposeHash", args=[compose_hash])
             async with self._locks.for_signer(request.target.chain_id, signer.address):
-                signed = await self._sign(session, signer, data, preflight.estimated_gas, fees)
+                signed = await self._sign(
+                    session, signer, data, preflight.estimated_gas, fees, min_nonce=min_nonce
+                )
                 record = PendingTransaction(
                     chain_id=request.target.chain_id,
                     sender=signed.sender,
@@ -443,6 +462,7 @@ class Web3Registrar:
             receipt = await self._await_receipt(session, signed, request.confirmations, deadline)
             if receipt is not None:
                 return self._registration(session, signed.tx_hash, receipt, compose_hash)
+            min_nonce = signed.nonce + 1
             logger.info(
                 "nonce %s of %s was used by another transaction before %s was mined; signing again",
                 signed.nonce,
@@ -600,14 +620,26 @@ class Web3Registrar:
             )
 
     async def _sign(
-        self, session: _Session, signer: LocalAccount, data: HexStr, gas: int, fees: _Fees
+        self,
+        session: _Session,
+        signer: LocalAccount,
+        data: HexStr,
+        gas: int,
+        fees: _Fees,
+        *,
+        min_nonce: int = 0,
     ) -> _Signed:
-        """Sign with the signer's next nonce. Call with the signer's lock held."""
-        nonce = await self._rpc(
+        """Sign with the signer's next nonce. Call with the signer's lock held.
+
+        ``min_nonce`` is a nonce known to be used already plus one: a lagging RPC backend can
+        answer a pending count below it.
+        """
+        pending = await self._rpc(
             session,
             "reading the signer's nonce",
             session.w3.eth.get_transaction_count(signer.address, "pending"),
         )
+        nonce = max(pending, min_nonce)
         tx: dict[str, Any] = {
             "chainId": session.target.chain_id,
             "nonce": nonce,
