@@ -126,6 +126,10 @@ async def test_non_owner_is_refused_before_signing(
     assert anvil.accounts[1].address in str(error)
     assert persist.records == []
     assert proxy.sent_transactions() == 0
+    preflight = await registrar.preflight(request)
+    assert not preflight.signer_is_owner and preflight.owner == app_contract.owner.address
+    assert preflight.required_wei is None  # the estimate would revert
+    assert [p.reason for p in preflight.problems()] == [Reason.NOT_CONTRACT_OWNER]
 
 
 async def test_wrong_chain_is_refused(
@@ -490,3 +494,21 @@ async def test_register_waits_about_one_block_time(app_contract: AppContract) ->
         await asyncio.to_thread(chain.stop)
     print(f"register with {block_time:.0f} s blocks: {', '.join(f'{t:.2f}' for t in timings)} s")
     assert max(timings) < block_time + 0.3
+
+
+async def test_one_session_per_rpc_url_until_aclose(app_contract: AppContract, proxy: RpcProxy) -> None:
+    registrar = Web3Registrar(FAST)
+    request = request_for(app_contract, proxy.url)
+    await asyncio.gather(registrar.preflight(request), registrar.preflight(request))
+    await registrar.register(request, persist=Recorder())
+    [client] = registrar._clients.values()
+    sessions = list(client.provider._request_session_manager.session_cache._data.values())
+    assert len(sessions) == 1 and not sessions[0].closed
+
+    await registrar.aclose()
+
+    assert sessions[0].closed
+    assert registrar._clients == {}
+    # Usable again afterwards, with a new session.
+    await registrar.preflight(request)
+    await registrar.aclose()
