@@ -17,6 +17,7 @@ from cvm_prelaunch_operator.chain.registrar import Web3Registrar
 from cvm_prelaunch_operator.handlers.kopf_glue import build_registry
 from cvm_prelaunch_operator.handlers.runtime import Runtime
 from cvm_prelaunch_operator.kube.cluster import Cluster, load_api_client
+from cvm_prelaunch_operator.metrics import OperatorMetrics
 from cvm_prelaunch_operator.phala.client import PhalaCloudClient
 from cvm_prelaunch_operator.phala.settings import PhalaCloudSettings
 from cvm_prelaunch_operator.reconcile.sync import Reconciler
@@ -40,11 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> None:
+    metrics = OperatorMetrics()
     cluster = Cluster(load_api_client())
-    cloud = PhalaCloudClient(PhalaCloudSettings.from_env())
+    cloud = PhalaCloudClient(PhalaCloudSettings.from_env(), observer=metrics.observe_request)
     registrar = Web3Registrar()
-    reconciler = Reconciler(cloud, registrar)
-    runtime = Runtime(cluster, reconciler, workers=settings.workers)
+    reconciler = Reconciler(
+        cloud, registrar, on_drift=metrics.observe_drift, on_transaction=metrics.observe_transaction
+    )
+    runtime = Runtime(cluster, reconciler, workers=settings.workers, observer=metrics.observe_reconcile)
+    metrics.watch_resources(lambda: list(runtime.ready_states.values()))
+    stop_metrics = metrics.serve(settings.metrics_port) if settings.metrics_port else None
     registry = build_registry(runtime)
     stop_flag = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,6 +80,8 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
             await workers
         await cloud.aclose()
         await registrar.aclose()
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,6 +88,17 @@ def _discard(index: dict[ObjectKey, set[ObjectKey]], key: ObjectKey, resource: O
 ReconcileObserver = Callable[[str, float], None]  # (result, seconds)
 
 
+def ready_state(body: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(status, reason) of the Ready condition and the phase, as the watched body shows them."""
+    status = body.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None) or {}
+    return (
+        str(ready.get("status") or "Unknown"),
+        str(ready.get("reason") or "None"),
+        str(status.get("phase") or "None"),
+    )
+
+
 class Runtime:
     def __init__(
         self,
@@ -102,16 +113,20 @@ class Runtime:
         self.index = ReferenceIndex()
         self.queue: WorkQueue[ObjectKey] = WorkQueue(self._reconcile, workers=workers)
         self._observer = observer
+        # Ready condition and phase of every watched resource, for the metrics gauge at scrape time.
+        self.ready_states: dict[ObjectKey, tuple[str, str, str]] = {}
 
     # -- watch events -----------------------------------------------------------------------------
 
     def on_resource(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:
         if body is None:
+            self.ready_states.pop(key, None)
             old = self.index.remove(key)
             self.queue.forget(key)
             if old is not None:
                 self._drop_unreferenced(key[0], old)
             return
+        self.ready_states[key] = ready_state(body)
         old = self.index.remove(key)
         self.index.update(key, references_of(body.get("spec") or {}))
         if old is not None:

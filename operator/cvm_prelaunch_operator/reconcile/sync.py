@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -188,12 +188,14 @@ class Reconciler:
         settings: ReconcileSettings | None = None,
         clock: Callable[[], float] = time.time,
         on_drift: Callable[[], None] | None = None,
+        on_transaction: Callable[[str], None] | None = None,
     ) -> None:
         self._cloud = cloud
         self._registrar = registrar
         self._settings = settings or ReconcileSettings()
         self._clock = clock
         self._on_drift = on_drift
+        self._on_transaction = on_transaction
 
     async def reconcile(self, res: ResourceSnapshot, io: ResourceIO) -> Outcome:
         p = _Pass(res, io, self._clock)
@@ -229,6 +231,12 @@ class Reconciler:
 
         source = await p.io.read_script(spec.script_ref.name, spec.script_ref.key)
         desired = script_sha256(source.data)
+        for ref in spec.secret_refs():
+            # Cheap (the watch keeps versions), and a missing Secret is reported even when idle.
+            if await p.io.secret_version(ref.name) is None:
+                raise Permanent(
+                    f"Secret {p.res.namespace}/{ref.name} not found", reason=Reason.SECRET_NOT_FOUND
+                )
 
         stalled_on = p.status.get("stalledInputs")
         if stalled_on and not new_request and stalled_on == await self._fingerprint(p, spec, source, notes):
@@ -414,8 +422,11 @@ class Reconciler:
         )
         registration: Registration
         if notes.transaction_hash and flight.pending_transaction is None:
-            registration = await self._registrar.verify_registration(
-                target, compose_hex, notes.transaction_hash.strip(), spec.on_chain.confirmations
+            registration = await self._transaction(
+                "verified",
+                self._registrar.verify_registration(
+                    target, compose_hex, notes.transaction_hash.strip(), spec.on_chain.confirmations
+                ),
             )
         elif spec.on_chain.signer_key_secret is None:
             await self._await(
@@ -471,8 +482,9 @@ class Reconciler:
                     milestone=True,
                 )
 
-            registration = await self._registrar.register(
-                request, persist=persist, resume_from=flight.pending_transaction
+            registration = await self._transaction(
+                "registered",
+                self._registrar.register(request, persist=persist, resume_from=flight.pending_transaction),
             )
             flight = current
         flight = flight.advance(
@@ -711,6 +723,20 @@ class Reconciler:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    async def _transaction(self, outcome: str, call: Awaitable[Registration]) -> Registration:
+        """Await a registrar call and report its outcome: ``outcome`` (``registered`` becomes
+        ``reused`` when an existing registration served), or ``failed``."""
+        try:
+            registration = await call
+        except SyncError:
+            if self._on_transaction is not None:
+                self._on_transaction("failed")
+            raise
+        if self._on_transaction is not None:
+            reused = outcome == "registered" and registration.reused
+            self._on_transaction("reused" if reused else outcome)
+        return registration
+
     async def _settle_pending(self, p: _Pass, spec: Spec, flight: InFlight) -> None:
         """Finish a signed registration of a now-stale script before dropping it, so it can never be
         signed a second time (it is remembered in status.registrations)."""
@@ -737,7 +763,9 @@ class Reconciler:
         async def refuse_new(_: PendingTransaction) -> None:
             raise RetryLater("the earlier transaction was replaced; not signing for a stale script")
 
-        registration = await self._registrar.register(request, persist=refuse_new, resume_from=pending)
+        registration = await self._transaction(
+            "registered", self._registrar.register(request, persist=refuse_new, resume_from=pending)
+        )
         await p.write(
             Verdict("Pending", Reason.PROGRESSING, "The script changed; starting a new sync"),
             {
