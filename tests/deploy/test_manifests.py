@@ -31,7 +31,7 @@ WAVE = "argocd.argoproj.io/sync-wave"
 
 # The operator's whole API usage; a change here is a change of the operator's permissions.
 EXPECTED_RULES = {
-    ("cloud.phala.com", "cvmprelaunchscripts"): {"get", "list", "watch", "patch"},
+    ("cloud.phala.com", "cvmprelaunchscripts"): {"get", "list", "watch"},
     ("cloud.phala.com", "cvmprelaunchscripts/status"): {"patch"},
     ("", "configmaps"): {"get", "list", "watch"},
     ("", "secrets"): {"get", "list", "watch"},
