@@ -121,6 +121,22 @@ def test_deployment_is_one_hardened_replica(overlay: str) -> None:
     assert pod["serviceAccountName"] == OPERATOR_NAME
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployment_environment_is_what_the_operator_reads(overlay: str) -> None:
+    from cvm_prelaunch_operator.phala.settings import PhalaCloudSettings
+    from cvm_prelaunch_operator.settings import OperatorSettings
+
+    deployment = the_deployment(render(overlay))
+    env = env_of(deployment)
+    settings = OperatorSettings.from_env(env)
+    phala = PhalaCloudSettings.from_env(env)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (settings.metrics_port, settings.health_port) == (ports["metrics"], ports["health"])
+    assert settings.namespaces == tuple(n for n in env["WATCH_NAMESPACES"].split(",") if n)
+    assert phala.base_url.rstrip("/") == env["PHALA_CLOUD_API_URL"].rstrip("/")
+
+
 def test_watched_namespaces_per_overlay() -> None:
     assert env_of(the_deployment(render("overlays/cluster-wide")))["WATCH_NAMESPACES"] == ""
     namespaced = render("overlays/namespaced")
