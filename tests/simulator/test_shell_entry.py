@@ -26,7 +26,7 @@ def test_help_documents_the_flags() -> None:
         timeout=60,
         check=True,
     )
-    for flag in ("--port", "--seed", "--rpc", "--api-key", "--operation-seconds", "--form-465"):
+    for flag in ("--port", "--seed", "--cvm", "--rpc", "--api-key", "--operation-seconds", "--form-465"):
         assert flag in result.stdout
 
 
@@ -46,6 +46,8 @@ def test_runs_alone_with_a_seed_and_an_rpc(tmp_path: Path, anvil: Anvil) -> None
     }
     seed_file = tmp_path / "seed.json"
     seed_file.write_text(json.dumps(seed))
+    script_file = tmp_path / "script.sh"
+    script_file.write_text("echo from a flag\n")
     process = ManagedProcess(
         "simulator",
         [
@@ -60,6 +62,8 @@ def test_runs_alone_with_a_seed_and_an_rpc(tmp_path: Path, anvil: Anvil) -> None
             f"{anvil.chain_id}={anvil.rpc_url}",
             "--operation-seconds",
             "0.1",
+            "--cvm",
+            f"name=flag-app,pre_launch_script=@{script_file}",
         ],
         log_path=tmp_path / "simulator.log",
     ).start()
@@ -83,6 +87,12 @@ def test_runs_alone_with_a_seed_and_an_rpc(tmp_path: Path, anvil: Anvil) -> None
                 headers={"Content-Type": "text/plain"},
             )
             assert response.status_code == 465
+        with api_client(urls["base_url"], None) as anonymous:
+            assert anonymous.get("/cvms/flag-app").status_code == 401
+        workspaces = httpx.get(urls["admin_url"] + "/workspaces", timeout=10).json()
+        default_key = next(w["api_key"] for w in workspaces if w["name"] == "default")
+        with api_client(urls["base_url"], default_key) as client:
+            assert client.get("/cvms/flag-app/pre-launch-script").json() == "echo from a flag\n"
         settings = httpx.get(urls["admin_url"] + "/settings", timeout=10).json()
         assert settings["rpc_urls"] == [anvil.chain_id]  # which chains, never the URLs
         assert settings["operation_seconds"] == 0.1

@@ -39,6 +39,29 @@ def _rpc_arg(text: str) -> tuple[int, str]:
     return int(chain_id), url
 
 
+_INT_FIELDS = frozenset({"chain_id", "vcpu", "memory", "disk_size"})
+
+
+def _cvm_arg(text: str) -> dict[str, Any]:
+    """``name=my-app,kms_type=base,chain_id=8453,pre_launch_script=@script.sh`` (``@`` reads a file)."""
+    spec: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs, got {item!r}")
+        if value.startswith("@"):
+            try:
+                value = Path(value[1:]).read_text()
+            except OSError as exc:
+                raise argparse.ArgumentTypeError(f"{key}: cannot read {value[1:]}: {exc}") from None
+        try:
+            spec[key] = int(value) if key in _INT_FIELDS else value
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key} must be an integer") from None
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cvm_prelaunch_localenv.simulator",
@@ -50,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
     parser.add_argument("--seed", type=Path, help="JSON file with workspaces, CVMs and settings")
+    parser.add_argument(
+        "--cvm",
+        type=_cvm_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="a CVM of the default workspace, like name=my-app,kms_type=base,chain_id=8453,"
+        "app_id=0x...,pre_launch_script=@script.sh (repeatable; @ reads a file)",
+    )
     parser.add_argument(
         "--rpc",
         type=_rpc_arg,
@@ -81,7 +113,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    seed = json.loads(args.seed.read_text()) if args.seed else None
+    seed: dict[str, Any] = json.loads(args.seed.read_text()) if args.seed else {}
+    seed["cvms"] = [*(seed.get("cvms") or []), *args.cvm]
     simulator = Simulator(
         seed=seed,
         rpc_urls=dict(args.rpc),

@@ -182,7 +182,12 @@ def cvm_detail(cvm: Cvm, workspace: Workspace, version: str) -> dict[str, Any]:
             "slug": workspace.slug,
             "avatar_url": None,
         },
-        "creator": {"object_type": "user", "id": "usr_simulator", "username": "simulator", "avatar_url": None},
+        "creator": {
+            "object_type": "user",
+            "id": "usr_simulator",
+            "username": "simulator",
+            "avatar_url": None,
+        },
         "created_at": cvm.created_at,
         "deleted_at": None,
         "listed": False,
