@@ -283,6 +283,8 @@ class FakeIO:
             raise Permanent(f"Secret ns/{name} not found", reason=Reason.SECRET_NOT_FOUND) from None
 
     async def secret_version(self, name: str) -> str | None:
+        if name not in self.cluster.secrets:
+            return None
         return hashlib.sha256(json.dumps(self.cluster.secrets.get(name)).encode()).hexdigest()[:8]
 
     async def patch_status(self, patch: dict[str, object]) -> None:
@@ -504,7 +506,7 @@ async def test_transient_failure_backs_off_and_counts_attempts() -> None:
     reconciler = Reconciler(cloud, chain)
     outcome = await reconciler.reconcile(cluster.snapshot(), cluster.io())
     outcome = await reconciler.reconcile(cluster.snapshot(), cluster.io())
-    assert outcome.requeue_after is not None and outcome.requeue_after >= 1
+    assert outcome.requeue_after is not None and 0 < outcome.requeue_after <= 2
     assert cluster.status["failures"] == 1
     assert _ready(cluster)["reason"] == "ChainUnavailable"
     assert "nextRetryTime" in cluster.status
