@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import email.policy
 import itertools
 import json
@@ -50,6 +51,7 @@ ADMIN_PREFIX = "/_simulator"
 MAX_COMPOSE_BYTES = 200 * 1024  # docker compose file + pre-launch script (js/src/types/app_compose.ts)
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 REDACTED = "***"
+REQUEST_LOG_LIMIT = 100_000
 _SECRET_HEADERS = frozenset({"x-api-key", "authorization", "cookie", "proxy-authorization"})
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _COMPOSE_HASH = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -97,7 +99,8 @@ class Simulator:
         self.cvms: list[Cvm] = []
         self.faults = FaultBook()
         self.settings = Settings()
-        self.request_log: list[dict[str, Any]] = []
+        # Bounded so a long shell session cannot grow without limit; tests clear it per test.
+        self.request_log: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_LIMIT)
         self.inflight = 0
         self.peak_inflight = 0
         self._request_seq = itertools.count(1)
@@ -749,7 +752,7 @@ class Simulator:
         return R.json_response(self.settings.to_json())
 
     async def admin_list_requests(self, _request: web.Request) -> web.Response:
-        return R.json_response(self.request_log)
+        return R.json_response(list(self.request_log))
 
     async def admin_clear_requests(self, _request: web.Request) -> web.Response:
         self.request_log.clear()
