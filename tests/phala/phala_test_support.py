@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 
 import httpx
 
+from cvm_prelaunch_localenv.simulator import SimulatorServer
 from cvm_prelaunch_operator.domain.secrets import Secret
 from cvm_prelaunch_operator.phala import PhalaCloudClient, PhalaCloudSession, PhalaCloudSettings
 
@@ -16,6 +19,10 @@ BASE_URL = "https://cloud-api.example.test/api/v1"
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
 
 Observed = list[tuple[str, int | None, float]]
+"""What an observer saw: (endpoint template, status or None, seconds) per request."""
+
+SendTx = Callable[..., str]
+"""``send_tx(contract, function, *args, sender=None, gas=None) -> tx hash`` (the ``send_tx`` fixture)."""
 
 
 class MockCloud:
@@ -40,3 +47,12 @@ class MockCloud:
     def answer(self, status: int = 200, **kwargs: object) -> None:
         """Answer every request with one response (``json=``, ``content=``, ``headers=``...)."""
         self.handler = lambda request: httpx.Response(status, **kwargs)  # type: ignore[arg-type]
+
+
+async def wait_until_idle(sim: SimulatorServer, timeout: float = 5.0) -> None:
+    """Wait until the simulator finished every request, including ones a client gave up on, so
+    no later test sees them in flight."""
+    deadline = time.monotonic() + timeout
+    while any(request.ended is None for request in sim.admin.requests()):
+        assert time.monotonic() < deadline, "the simulator did not finish an abandoned request"
+        await asyncio.sleep(0.05)

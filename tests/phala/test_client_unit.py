@@ -88,6 +88,10 @@ async def test_patch_refuses_caller_mistakes_without_a_request(cloud: MockCloud)
         await cloud.session.patch_pre_launch_script(
             "c", b"x", compose_hash="a\r\nb", transaction_hash="0x" + "1" * 64
         )
+    with pytest.raises(ValueError, match="compose_hash"):
+        await cloud.session.patch_pre_launch_script(
+            "c", b"x", compose_hash="ab" * 32 + "\n", transaction_hash="0x" + "1" * 64
+        )
     with pytest.raises(Permanent) as empty:
         await cloud.session.patch_pre_launch_script("c", b"")
     assert empty.value.reason == Reason.INVALID_SCRIPT
@@ -97,7 +101,9 @@ async def test_patch_refuses_caller_mistakes_without_a_request(cloud: MockCloud)
     assert cloud.requests == []
 
 
-@pytest.mark.parametrize("cvm_id", ["", "../admin", "a/b", "a?b=c", "x" * 200, "..", "名前", "a b"])
+@pytest.mark.parametrize(
+    "cvm_id", ["", "../admin", "a/b", "a?b=c", "x" * 200, "..", "名前", "a b", "cvm_1\n"]
+)
 async def test_cvm_ids_that_are_not_ids_are_refused(cloud: MockCloud, cvm_id: str) -> None:
     with pytest.raises(Permanent) as refused:
         await cloud.session.get_cvm(cvm_id)
@@ -105,7 +111,9 @@ async def test_cvm_ids_that_are_not_ids_are_refused(cloud: MockCloud, cvm_id: st
     assert cloud.requests == []
 
 
-@pytest.mark.parametrize("key", ["", "phak_with space", "phak_new\nline", "phak_ünïcode"])
+@pytest.mark.parametrize(
+    "key", ["", "phak_with space", "phak_new\nline", "phak_ünïcode", "phak_trailing_newline\n"]
+)
 async def test_keys_a_header_cannot_carry_are_refused_without_echoing_them(key: str) -> None:
     async with PhalaCloudClient(
         PhalaCloudSettings(base_url=BASE_URL), transport=httpx.MockTransport(_never)

@@ -136,10 +136,14 @@ def test_javascript_number_and_key_semantics() -> None:
     text = serialize_app_compose(
         {
             "n": [1.0, -0.0, 1e21, 1e-7, 0.000001, 1.5e300, 2**60, 123.456],
-            "k": {"10": 1, "9": 2, "a": 3, "01": 4},
+            "k": {"10": 1, "9": 2, "a": 3, "01": 4, "2\n": 5},
         }
     )
-    assert '"k":{\n        "9":2,\n        "10":1,\n        "01":4,\n        "a":3\n    }' in text
+    # Array-index keys first in numeric order; "2\n" is not one (a trailing newline is no digit).
+    assert (
+        '"k":{\n        "9":2,\n        "10":1,\n        "01":4,\n        "2\\n":5,\n        "a":3\n    }'
+        in text
+    )
     assert "1,\n        0,\n        1e+21,\n        1e-7,\n        0.000001,\n        1.5e+300," in text
     assert "1152921504606847000" in text  # 2**60 printed with the shortest round-trip digits, as JS does
     assert "123.456" in text
@@ -305,7 +309,7 @@ def test_verify_empty_new_script_removes_the_field() -> None:
 # --- properties ----------------------------------------------------------------------------------
 
 _keys = st.text(st.characters(codec="utf-8"), max_size=8) | st.sampled_from(
-    ["0", "1", "10", "9", "01", "-1", "a", "é"]
+    ["0", "1", "10", "9", "01", "-1", "a", "é", "1\n", "4294967294", "4294967295"]
 )
 _strings = st.text(st.characters(codec="utf-8"), max_size=20) | st.sampled_from(
     ['": ', 'a": "b', "\u2028", "😀", "\ud800", "a\udc00b"]  # lone surrogates: what a JSON escape can carry

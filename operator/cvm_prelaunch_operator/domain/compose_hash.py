@@ -91,7 +91,7 @@ def normalize_hash(value: str | None) -> str | None:
     """``0x`` + 64 lower-case hex, or None when ``value`` is not a 32-byte hex string."""
     if value is None:
         return None
-    found = _HEX64.match(value.strip())
+    found = _HEX64.fullmatch(value.strip())
     return "0x" + found.group(1).lower() if found else None
 
 
@@ -359,7 +359,7 @@ def _js_key_order(keys: list[str]) -> list[str]:
 
 
 def _is_array_index(key: str) -> bool:
-    return bool(_ARRAY_INDEX.match(key)) and int(key) <= _MAX_ARRAY_INDEX
+    return bool(_ARRAY_INDEX.fullmatch(key)) and int(key) <= _MAX_ARRAY_INDEX
 
 
 _JS_ESCAPES = {

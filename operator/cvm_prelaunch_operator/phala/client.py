@@ -368,9 +368,9 @@ class PhalaCloudSession:
             )
         headers = {"Content-Type": "text/plain"}
         if compose_hash is not None and transaction_hash is not None:
-            if not _COMPOSE_HASH.match(compose_hash):
+            if not _COMPOSE_HASH.fullmatch(compose_hash):
                 raise ValueError("compose_hash must be the 32-byte hex string the 465 carried")
-            if not _TX_HASH.match(transaction_hash):
+            if not _TX_HASH.fullmatch(transaction_hash):
                 raise ValueError("transaction_hash must be 0x followed by 64 hex digits")
             headers["X-Compose-Hash"] = compose_hash
             headers["X-Transaction-Hash"] = transaction_hash
@@ -453,7 +453,7 @@ class PhalaCloudSession:
             return answer
         raise error_for_status(
             answer.status,
-            parse_error_body(answer.content),
+            parse_error_body(answer.content, self._redact),
             endpoint=endpoint,
             script_upload=endpoint == EP_PATCH_SCRIPT,
             retry_after=parse_retry_after(answer.headers.get("retry-after")),
@@ -464,15 +464,16 @@ class PhalaCloudSession:
     def _check_inputs(self, endpoint: str, cvm_id: str) -> None:
         if not self._api_key:
             raise Permanent(f"{endpoint}: no API key", reason=Reason.UNAUTHORIZED)
-        if not _HEADER_TOKEN.match(self._api_key.reveal()):
+        if not _HEADER_TOKEN.fullmatch(self._api_key.reveal()):
             raise Permanent(
                 f"{endpoint}: the API key holds characters an HTTP header cannot carry (spaces, newlines, "
                 "non-ASCII); check the Secret",
                 reason=Reason.UNAUTHORIZED,
             )
-        if not _CVM_ID.match(cvm_id):
+        if not _CVM_ID.fullmatch(cvm_id):
+            shown = self._redact(cvm_id)[:64]  # redacted before the cut, so no part of a key remains
             raise Permanent(
-                f"{endpoint}: {cvm_id[:64]!r} is not a CVM id (a UUID, app id, instance id, hashid or name)",
+                f"{endpoint}: {shown!r} is not a CVM id (a UUID, app id, instance id, hashid or name)",
                 reason=Reason.INVALID_SPEC,
             )
 
@@ -480,7 +481,10 @@ class PhalaCloudSession:
         try:
             return parse()
         except SyncError as exc:
-            # Parsers know the endpoint, not the key or the request id: add both here.
+            # Parsers know the endpoint, not the key or the request id: add both here. The parse
+            # error behind it (a JSONDecodeError holds the whole body) goes: the body is not ours.
+            exc.__cause__ = None
+            exc.__context__ = None
             exc.message = self._redact(exc.message)
             exc.args = (exc.message,)
             exc.status_code = exc.status_code or answer.status

@@ -60,9 +60,10 @@ class ErrorBody:
     fields: Mapping[str, object] = field(default_factory=dict)
 
 
-def parse_error_body(content: bytes) -> ErrorBody:
-    """Read an error body of any shape; never raises."""
-    text = content.decode("utf-8", errors="replace")
+def parse_error_body(content: bytes, redact: Callable[[str], str] = lambda text: text) -> ErrorBody:
+    """Read an error body of any shape; never raises. ``redact`` runs over the whole text first, so
+    no later cut can leave part of a secret behind."""
+    text = redact(content.decode("utf-8", errors="replace"))
     try:
         document: object = load_json_bounded(text)
     except (ValueError, RecursionError):
@@ -121,7 +122,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 def parse_challenge(body: ErrorBody) -> ComposeHashChallenge | None:
     """The compose-hash challenge of a 465, or None when the body carries no usable hash."""
     compose_hash = body.fields.get("compose_hash")
-    if not isinstance(compose_hash, str) or not _HASH.match(compose_hash.strip()):
+    if not isinstance(compose_hash, str) or not _HASH.fullmatch(compose_hash.strip()):
         return None
     kms_info_value = body.fields.get("kms_info")
     kms_info: dict[str, object] = dict(kms_info_value) if isinstance(kms_info_value, dict) else {}
@@ -142,7 +143,7 @@ def parse_challenge(body: ErrorBody) -> ComposeHashChallenge | None:
 
 def normalize_app_id(app_id: str) -> str:
     """40 lower-case hex without ``0x``/``app_`` when it is one; otherwise the value unchanged."""
-    found = _APP_ID.match(app_id.strip())
+    found = _APP_ID.fullmatch(app_id.strip())
     return found.group(1).lower() if found else app_id.strip()
 
 
@@ -270,6 +271,6 @@ def _as_int(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and _INTEGER.match(value.strip()):
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value.strip(), 0)
     return None

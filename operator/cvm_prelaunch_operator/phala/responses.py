@@ -265,6 +265,14 @@ def _integer(body: Mapping[str, object], name: str, endpoint: str) -> int | None
 
 
 def _describe(content: bytes) -> str:
-    if not content.strip():
+    """What a body looks like, without quoting it (a snippet could cut a secret in half)."""
+    stripped = content.strip()
+    if not stripped:
         return "empty body"
-    return f"{len(content)} bytes starting {content[:40]!r}"
+    if stripped[:1] == b"<":
+        kind = "markup, an HTML error page?"
+    elif stripped[:1] in (b"{", b"["):
+        kind = "truncated or broken JSON?"
+    else:
+        kind = "text"
+    return f"{len(content)} bytes of {kind}"
