@@ -77,6 +77,7 @@ def test_dockerfile_shape() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # downloads the locked dependencies when pip's cache is cold
 def test_runtime_install_works_in_a_clean_venv(tmp_path: Path) -> None:
     """Build the wheel, then run the runtime stage's install commands with the image paths mapped to
     a temporary directory, and start the installed console script."""

@@ -3,6 +3,7 @@ dry runs (and RBAC checks) on the real local kube-apiserver."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -24,7 +25,10 @@ OVERLAYS = ("overlays/cluster-wide", "overlays/namespaced")
 INSTALLABLE = ("crd", "base", *OVERLAYS)
 OPERATOR_NAMESPACE = "cvm-prelaunch-operator"
 OPERATOR_NAME = "cvm-prelaunch-operator"
-OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_NAME}"
+# The RBAC checks install the overlay's RBAC under this name, so they never touch (or are skewed by)
+# an operator that another test installed under the real name.
+PROBE_NAME = "cvm-prelaunch-operator-rbac-probe"
+PROBE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{PROBE_NAME}"
 WATCHED_NAMESPACES = ("team-a", "team-b")
 RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 WAVE = "argocd.argoproj.io/sync-wave"
@@ -255,6 +259,7 @@ DOCUMENTED_SKIPS = {"CKV_K8S_38", "CKV_K8S_43"}
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the first run installs checkov into its own venv
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_checkov_finds_nothing(overlay: str, tmp_path: Path) -> None:
     manifest = tmp_path / "install.yaml"
@@ -327,7 +332,7 @@ def _allowed(
     plural, _, subresource = resource.partition("/")
     review = kubernetes.client.V1SubjectAccessReview(
         spec=kubernetes.client.V1SubjectAccessReviewSpec(
-            user=OPERATOR_USER,
+            user=PROBE_USER,
             groups=[
                 "system:serviceaccounts",
                 f"system:serviceaccounts:{OPERATOR_NAMESPACE}",
@@ -358,11 +363,24 @@ def authz(cluster: ControlPlane) -> Iterator[kubernetes.client.AuthorizationV1Ap
         yield kubernetes.client.AuthorizationV1Api(client)
 
 
+def _as_probe(doc: dict[str, Any]) -> dict[str, Any]:
+    """The object with the operator's name replaced by PROBE_NAME wherever it names the identity."""
+    renamed = copy.deepcopy(doc)
+    renamed["metadata"]["name"] = PROBE_NAME
+    if "roleRef" in renamed:
+        renamed["roleRef"]["name"] = PROBE_NAME
+    for subject in renamed.get("subjects", []):
+        if subject["name"] == OPERATOR_NAME:
+            subject["name"] = PROBE_NAME
+    return renamed
+
+
 @pytest.fixture
 def installed_rbac(cluster: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """The overlay's ServiceAccount and RBAC objects applied for real, deleted afterwards."""
+    """The overlay's ServiceAccount and RBAC objects applied for real (as PROBE_NAME), then deleted."""
     overlay: str = request.param
-    objects = [d for d in render(overlay) if d["kind"] in RBAC_KINDS | {"ServiceAccount"}]
+    objects = [_as_probe(d) for d in render(overlay) if d["kind"] in RBAC_KINDS | {"ServiceAccount"}]
+    assert {d["kind"] for d in objects} >= {"ServiceAccount"} and len(objects) > 2
     manifest = yaml.safe_dump_all(objects)
     cluster.kubectl("apply", "-f", "-", input=manifest)
     yield overlay
