@@ -653,8 +653,12 @@ class Simulator:
             )
         except ChainRpcError as exc:
             return R.detail_error(500, f"RPC error while verifying the transaction: {exc}")
-        if cvm.in_progress:  # another update won the race while we waited on the chain
+        # While we waited on the chain another request may have won: an update started, or a
+        # newer Phase 1 replaced this one.
+        if cvm.in_progress:
             return R.detail_error(409, "Another operation is in progress for this CVM")
+        if cvm.pending is not pending:
+            return _hash_invalid(wanted, "Compose hash is unknown: it was superseded by a newer Phase 1")
         if result.verdict is Verdict.NOT_ALLOWED:
             return R.structured_error(
                 468,
