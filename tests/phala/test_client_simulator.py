@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -499,3 +500,15 @@ async def test_concurrency_limit_holds_on_the_wire(
     assert len(logged) == 24
     assert peak_concurrency_of(logged) <= 3
     assert sim.admin.peak_concurrency() <= 3
+
+
+async def test_sessions_of_all_keys_share_one_reused_connection(
+    sim_client: PhalaCloudClient, sim_cvm_factory: SimCvmFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = sim_cvm_factory(onchain=False), sim_cvm_factory(onchain=False)
+    caplog.set_level(logging.DEBUG, logger="httpcore.connection")
+    for _ in range(3):
+        await session_for(sim_client, first).get_cvm(first.id)
+        await session_for(sim_client, second).get_pre_launch_script(second.id)
+    connects = [r for r in caplog.records if r.getMessage().startswith("connect_tcp.started")]
+    assert len(connects) == 1

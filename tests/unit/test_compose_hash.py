@@ -501,3 +501,18 @@ def test_deep_nesting_is_refused_before_it_reaches_the_c_stack() -> None:
         sys.setrecursionlimit(limit)
     # Brackets inside strings are text, not nesting.
     assert parse_app_compose(json.dumps({"s": "[{" * 1000})) == {"s": "[{" * 1000}
+
+
+def test_every_escape_class_matches_the_sdk(node_sdk: _NodeSdk) -> None:
+    every_ascii = "".join(chr(c) for c in range(0x80))
+    tricky = {
+        "ascii": every_ascii,
+        "separators": "\u2028\u2029\x7f\x85\ufeff",
+        "lone": ["\ud800", "\udfff", "a\udbffb", "\udc00\ud800"],
+        "astral": "😀𝄞",
+        every_ascii[0x20:]: "key with every printable character",
+        "runner": "docker-compose",
+    }
+    assert serialize_app_compose(tricky) == node_sdk.dump(tricky)
+    # A surrogate pair spelled as two code points is one character to JS, as in the SDK.
+    assert serialize_app_compose({"s": "\ud83d\ude00"}) == serialize_app_compose({"s": "😀"})

@@ -373,30 +373,21 @@ _JS_ESCAPES = {
 }
 
 
+# A surrogate pair (one character to JS), else one character JSON.stringify escapes.
+_JS_NEEDS_ESCAPE = re.compile(r'[\ud800-\udbff][\udc00-\udfff]|[\x00-\x1f"\\\ud800-\udfff]')
+
+
 def _js_quote(text: str) -> str:
     """ECMAScript QuoteJSONString: escapes only quote, backslash, C0 controls and lone surrogates."""
-    out = ['"']
-    index = 0
-    length = len(text)
-    while index < length:
-        char = text[index]
-        code = ord(char)
-        if char in _JS_ESCAPES:
-            out.append(_JS_ESCAPES[char])
-        elif code < 0x20:
-            out.append(f"\\u{code:04x}")
-        elif 0xD800 <= code <= 0xDBFF and index + 1 < length and 0xDC00 <= ord(text[index + 1]) <= 0xDFFF:
-            # Two code points that JS sees as one well-formed surrogate pair: one character.
-            pair = (code - 0xD800) * 0x400 + (ord(text[index + 1]) - 0xDC00) + 0x10000
-            out.append(chr(pair))
-            index += 1
-        elif 0xD800 <= code <= 0xDFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(char)
-        index += 1
-    out.append('"')
-    return "".join(out)
+    return '"' + _JS_NEEDS_ESCAPE.sub(_js_escape, text) + '"'
+
+
+def _js_escape(found: re.Match[str]) -> str:
+    text = found.group()
+    if len(text) == 2:
+        # Two code points that JS sees as one well-formed surrogate pair: one character, unescaped.
+        return chr(0x10000 + (ord(text[0]) - 0xD800) * 0x400 + (ord(text[1]) - 0xDC00))
+    return _JS_ESCAPES.get(text) or f"\\u{ord(text):04x}"
 
 
 def _js_number_from_int(value: int) -> str:
