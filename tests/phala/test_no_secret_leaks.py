@@ -20,13 +20,15 @@ from cvm_prelaunch_localenv.chain import Anvil
 from cvm_prelaunch_localenv.fixtures.simulator import SimCvmFactory
 from cvm_prelaunch_localenv.processes import free_port
 from cvm_prelaunch_localenv.simulator import SimulatorServer
-from cvm_prelaunch_operator.domain.errors import RegistrationRequired, SyncError
+from cvm_prelaunch_operator.domain.errors import RegistrationRequired, RetryLater, SyncError
 from cvm_prelaunch_operator.domain.secrets import Secret
 from cvm_prelaunch_operator.phala import PhalaCloudClient, PhalaCloudSettings
 
 CANARY_KEY = "phak_CANARY_4f1d2c3b9a8e7d6c5b4a3928"
 WRONG_KEY = "phak_WRONGCANARY_0a9b8c7d6e5f4a3b2c1d"
 SCRIPT = b"#!/bin/sh\necho leak-test\n"
+RPC_SECRET = "RPCSECRET0f9e8d7c6b5a4f3e2d1c"
+RPC_URL_WITH_KEY = f"http://127.0.0.1:{free_port()}/v2/{RPC_SECRET}"
 
 
 class Captured:
@@ -131,6 +133,27 @@ async def test_no_secret_in_anything_the_client_logs_or_raises(
         await fail(session.get_cvm(onchain.id))
         sim.admin.inject(method="GET", latency_ms=1300)
         await fail(session.get_cvm(onchain.id))
+        # Phala's side failing to reach an RPC whose URL carries a provider key: a 500.
+        sim.admin.settings(rpc_urls={1: RPC_URL_WITH_KEY})
+        keyed = sim_cvm_factory(
+            onchain=False,
+            workspace=onchain.cvm.workspace_id,
+            kms_type="ethereum",
+            chain_id=1,
+            app_id="0x" + "11" * 20,
+        )
+        announced = await fail(session.patch_pre_launch_script(keyed.id, SCRIPT))
+        assert isinstance(announced, RegistrationRequired)
+        rpc_failure = await fail(
+            session.patch_pre_launch_script(
+                keyed.id,
+                SCRIPT,
+                compose_hash=announced.challenge.compose_hash,
+                transaction_hash="0x" + "22" * 32,
+            )
+        )
+        assert isinstance(rpc_failure, RetryLater)
+        assert rpc_failure.status_code == 500
         # Caller mistakes and inputs refused before sending.
         await fail(session.patch_pre_launch_script(onchain.id, b""))
         await fail(session.patch_pre_launch_script(onchain.id, SCRIPT, compose_hash=challenge.compose_hash))
@@ -176,6 +199,7 @@ async def test_no_secret_in_anything_the_client_logs_or_raises(
     ]
     assert any("httpx" in record.name or "httpcore" in record.name for record in caplog.records)
     secrets_in_play = [
+        RPC_SECRET,
         CANARY_KEY,
         WRONG_KEY,
         *(a.private_key.reveal().removeprefix("0x") for a in anvil.accounts),
