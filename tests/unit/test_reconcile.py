@@ -75,6 +75,7 @@ class FakeCloud:
     pending_script: str | None = None
     correlations: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     calls: list[str] = field(default_factory=list)
+    running: str | None = None
 
     def for_api_key(self, api_key: Secret) -> FakeCloud:
         assert api_key.reveal() == API_KEY
@@ -95,7 +96,8 @@ class FakeCloud:
             app_id=APP_ID,
             vm_uuid=None,
             status="running",
-            in_progress=False,
+            in_progress=self.pending_script is not None,
+            progress_correlation_id=self.running if self.pending_script is not None else None,
             compose_hash=self.compose_hash,
             pre_launch_script_hash=None,
             kms_type="base" if self.on_chain else "phala",
@@ -132,12 +134,11 @@ class FakeCloud:
             if self.phase2_answers:
                 raise self.phase2_answers.pop(0)
         self.pending_script = script.decode()
+        self.running = f"corr-{next(self.correlations)}"
         if self.crash_after_phase2 and compose_hash is not None:
             self.crash_after_phase2 = False
             raise Crash
-        return UpdateAccepted(
-            correlation_id=f"corr-{next(self.correlations)}", status="in_progress", message="ok"
-        )
+        return UpdateAccepted(correlation_id=self.running, status="in_progress", message="ok")
 
     async def get_app_compose(self, cvm_id: str) -> str:
         self.calls.append("app_compose")
@@ -395,12 +396,13 @@ async def test_crash_after_phase2_follows_instead_of_repeating() -> None:
     cluster = FakeCluster(_spec(on_chain=True))
     with pytest.raises(Crash):
         await _run(Reconciler(cloud, chain), cluster)
-    # Phase 2 was accepted by the server but the operator died before recording it: the in-flight
-    # record says Applying with the registered transaction. On restart Phase 2 is sent again with
-    # the same hash and transaction (idempotent on the server), never a new transaction.
+    # Phase 2 was accepted by the server but the operator died before recording it. On restart the
+    # operator looks first, finds the update running and follows it: no second Phase 2, no new tx.
     await _run(Reconciler(cloud, chain), cluster)
     assert cluster.status["phase"] == "Synced"
+    assert cluster.status["correlationId"] == "corr-1"
     assert sum(chain.broadcasts.values()) == 1
+    assert cloud.phase2_calls == 1
 
 
 async def test_script_edited_during_registration_is_never_applied() -> None:

@@ -189,6 +189,7 @@ class InFlight:
     transaction_hash: str | None = None
     correlation_id: str | None = None
     phase2_attempts: int = 0
+    adopted: bool = False  # following an operation found running on resume, not one we saw accepted
 
     def advance(self, **changes: Any) -> InFlight:
         return replace(self, **changes)
@@ -209,6 +210,7 @@ class InFlight:
             "transactionHash": self.transaction_hash,
             "correlationId": self.correlation_id,
             "phase2Attempts": self.phase2_attempts,
+            "adopted": self.adopted or None,
         }
         return out
 
@@ -230,6 +232,7 @@ class InFlight:
             transaction_hash=raw.get("transactionHash"),
             correlation_id=raw.get("correlationId"),
             phase2_attempts=int(raw.get("phase2Attempts") or 0),
+            adopted=bool(raw.get("adopted")),
         )
 
 

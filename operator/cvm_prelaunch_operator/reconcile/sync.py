@@ -277,14 +277,27 @@ class Reconciler:
                     f"Uploading script sha256 {desired[:12]} to CVM {spec.cvm_id}",
                 ),
             )
-        return await self._drive(p, spec, source, notes, in_flight)
+            return await self._drive(p, spec, source, notes, in_flight, resumed=False)
+        return await self._drive(p, spec, source, notes, in_flight, resumed=True)
 
     async def _drive(
-        self, p: _Pass, spec: Spec, source: ScriptSource, notes: Annotations, flight: InFlight
+        self,
+        p: _Pass,
+        spec: Spec,
+        source: ScriptSource,
+        notes: Annotations,
+        flight: InFlight,
+        *,
+        resumed: bool,
     ) -> Outcome:
         cloud = self._cloud.for_api_key(
             await p.io.read_secret(spec.api_key_secret.name, spec.api_key_secret.key)
         )
+        if resumed and flight.step in ("Uploading", "Applying"):
+            adopted = await self._adopt(p, spec, source, cloud, flight, notes)
+            if isinstance(adopted, Outcome):
+                return adopted
+            flight = adopted
         start_overs = 0
         while True:
             if flight.step == "Uploading":
@@ -328,6 +341,41 @@ class Reconciler:
                 raise Permanent(f"unknown in-flight step {flight.step!r}", reason=Reason.INVALID_SPEC)
 
     # -- steps ---------------------------------------------------------------------------------
+
+    async def _adopt(
+        self,
+        p: _Pass,
+        spec: Spec,
+        source: ScriptSource,
+        cloud: PhalaCloud,
+        flight: InFlight,
+        notes: Annotations,
+    ) -> InFlight | Outcome:
+        """Resuming a step whose request may have reached Phala Cloud before the operator died:
+        look before sending it again, so an accepted update is followed instead of repeated."""
+        cvm = await cloud.get_cvm(spec.cvm_id)
+        if cvm.in_progress and cvm.progress_correlation_id:
+            flight = flight.advance(
+                step="Following", correlation_id=cvm.progress_correlation_id, adopted=True
+            )
+            await p.write(
+                Verdict(
+                    "Applying",
+                    Reason.APPLYING,
+                    f"Following update {cvm.progress_correlation_id} found running",
+                ),
+                {"inFlight": flight.to_status(), "correlationId": cvm.progress_correlation_id},
+            )
+            return flight
+        applied = (
+            flight.step == "Applying"
+            and flight.compose_hash is not None
+            and cvm.compose_hash is not None
+            and normalise_hash(cvm.compose_hash) == normalise_hash(flight.compose_hash)
+        )
+        if applied:
+            return await self._synced(p, spec, source, flight, notes, cvm)
+        return flight
 
     async def _phase1(
         self, p: _Pass, spec: Spec, source: ScriptSource, cloud: PhalaCloud, flight: InFlight
@@ -589,6 +637,26 @@ class Reconciler:
                 reason=Reason.APPLY_FAILED,
             )
         cvm = await cloud.get_cvm(spec.cvm_id)
+        if flight.adopted:
+            # We did not see this operation accepted: make sure it applied our script.
+            remote = await cloud.get_pre_launch_script(spec.cvm_id)
+            if script_sha256(remote.encode("utf-8")) != flight.script_sha256:
+                await p.write(
+                    Verdict(
+                        "Uploading", Reason.UPLOADING, "The update found running was not ours; uploading"
+                    ),
+                    {
+                        "inFlight": flight.advance(
+                            step="Uploading", correlation_id=None, adopted=False
+                        ).to_status()
+                    },
+                )
+                return Outcome(requeue_after=0)
+        return await self._synced(p, spec, source, flight, notes, cvm)
+
+    async def _synced(
+        self, p: _Pass, spec: Spec, source: ScriptSource, flight: InFlight, notes: Annotations, cvm: CvmInfo
+    ) -> Outcome:
         compose_hash = cvm.compose_hash or flight.compose_hash
         compose_text = normalise_hash(compose_hash) if compose_hash else None
         await p.write(
@@ -608,7 +676,7 @@ class Reconciler:
                 },
                 "composeHash": compose_text,
                 "transactionHash": flight.transaction_hash or p.status.get("transactionHash"),
-                "correlationId": flight.correlation_id,
+                "correlationId": flight.correlation_id or p.status.get("correlationId"),
                 "chainId": flight.chain_id or p.status.get("chainId") or cvm.chain_id,
                 "appContract": flight.app_contract or p.status.get("appContract"),
                 "lastSyncTime": p.now_text,
