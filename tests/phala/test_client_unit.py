@@ -80,15 +80,15 @@ async def test_phase_two_echoes_the_hash_unchanged(cloud: MockCloud) -> None:
 async def test_patch_refuses_caller_mistakes_without_a_request(cloud: MockCloud) -> None:
     with pytest.raises(ValueError, match="both"):
         await cloud.session.patch_pre_launch_script("c", b"x", compose_hash="ab" * 32)
-    with pytest.raises(ValueError, match="transaction_hash"):
+    with pytest.raises(Permanent, match="transaction hash"):
         await cloud.session.patch_pre_launch_script(
             "c", b"x", compose_hash="ab" * 32, transaction_hash="0x12"
         )
-    with pytest.raises(ValueError, match="compose_hash"):
+    with pytest.raises(Permanent, match="compose hash"):
         await cloud.session.patch_pre_launch_script(
             "c", b"x", compose_hash="a\r\nb", transaction_hash="0x" + "1" * 64
         )
-    with pytest.raises(ValueError, match="compose_hash"):
+    with pytest.raises(Permanent, match="compose hash"):
         await cloud.session.patch_pre_launch_script(
             "c", b"x", compose_hash="ab" * 32 + "\n", transaction_hash="0x" + "1" * 64
         )

@@ -267,8 +267,8 @@ class PhalaCloudClient:
         failure_kind: type[SyncError] = RetryLater
         retry = False
         answer: _Answer | None = None
-        started = time.monotonic()
         async with self._semaphore:
+            started = time.monotonic()  # the observer measures the request, not the wait for a slot
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
             try:
@@ -317,8 +317,8 @@ class PhalaCloudSession:
     """Phala Cloud seen with one API key (``reconcile.ports.PhalaCloud``). Cheap: create one per
     reconcile; all sessions share the client's connections and concurrency bound.
 
-    Every method raises only ``domain.errors.SyncError`` subclasses (``ValueError`` for a caller's
-    own mistake, such as one hash header without the other).
+    Every method raises only ``domain.errors.SyncError`` subclasses, bar ``ValueError`` for a
+    programming mistake: Phase 2 arguments given one without the other.
     """
 
     __slots__ = ("_api_key", "_client", "_redact")
@@ -368,10 +368,17 @@ class PhalaCloudSession:
             )
         headers = {"Content-Type": "text/plain"}
         if compose_hash is not None and transaction_hash is not None:
+            # Both end up in headers: refuse anything a header could be abused with (CR, LF).
             if not _COMPOSE_HASH.fullmatch(compose_hash):
-                raise ValueError("compose_hash must be the 32-byte hex string the 465 carried")
+                raise Permanent(
+                    f"{EP_PATCH_SCRIPT}: the compose hash to echo is not a 32-byte hex value",
+                    reason=Reason.REMOTE_REJECTED,
+                )
             if not _TX_HASH.fullmatch(transaction_hash):
-                raise ValueError("transaction_hash must be 0x followed by 64 hex digits")
+                raise Permanent(
+                    f"{EP_PATCH_SCRIPT}: the transaction hash is not 0x followed by 64 hex digits",
+                    reason=Reason.INVALID_SPEC,
+                )
             headers["X-Compose-Hash"] = compose_hash
             headers["X-Transaction-Hash"] = transaction_hash
         answer = await self._call(
