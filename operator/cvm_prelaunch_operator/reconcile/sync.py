@@ -453,7 +453,7 @@ class Reconciler:
         result = verify_compose_hash(
             app_compose,
             cvm.compose_hash or "",
-            source.data.decode("utf-8", errors="strict"),
+            source.data,
             challenge.compose_hash,
         )
         if result.outcome != "match":
