@@ -50,6 +50,7 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
     )
     runtime = Runtime(cluster, reconciler, workers=settings.workers, observer=metrics.observe_reconcile)
     metrics.watch_resources(lambda: list(runtime.ready_states.values()))
+    metrics.watch_in_progress(lambda: runtime.queue.processing)
     stop_metrics = metrics.serve(settings.metrics_port) if settings.metrics_port else None
     registry = build_registry(runtime)
     stop_flag = stop or asyncio.Event()

@@ -10,6 +10,8 @@ Series (all prefixed ``cvm_prelaunch_``):
     Reconcile passes by result: ``done``, ``requeue``, ``conflict``, ``gone``, ``error``.
 ``reconcile_duration_seconds{result}``
     Histogram of the wall time of one pass.
+``reconciles_in_progress``
+    Reconcile passes running now (at most ``MAX_CONCURRENT_RECONCILES``).
 ``phala_requests_total{endpoint,code}``
     Phala Cloud API requests by endpoint template (``PATCH /cvms/{id}/pre-launch-script``) and HTTP
     status code; ``code="none"`` when no answer came (timeout, refused or broken connection).
@@ -108,6 +110,12 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,
         )
+        self.in_progress = Gauge(
+            "reconciles_in_progress",
+            "Reconcile passes running now.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.phala_requests = Counter(
             "phala_requests",
             "Phala Cloud API requests by endpoint and HTTP status code (none: no answer).",
@@ -167,6 +175,10 @@ class OperatorMetrics:
     def watch_resources(self, states: ReadyStates) -> None:
         """Count resources from ``states`` at every scrape."""
         self.registry.register(_ResourceCollector(states))
+
+    def watch_in_progress(self, running: Callable[[], int]) -> None:
+        """Report ``running()`` as the number of reconciles in progress at every scrape."""
+        self.in_progress.set_function(lambda: float(running()))
 
     def serve(self, port: int, address: str = "0.0.0.0") -> Callable[[], None]:  # noqa: S104
         """Serve ``/metrics`` on ``port`` in a background thread; returns a function that stops it."""
