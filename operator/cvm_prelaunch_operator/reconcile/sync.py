@@ -160,6 +160,8 @@ class _Pass:
             else:
                 self.status[key] = value
         if event and (transition or milestone):
+            level = logging.WARNING if event[0] == "Warning" else logging.INFO
+            logger.log(level, "%s/%s: %s: %s", self.res.namespace, self.res.name, event[1], event[2])
             await self.io.record_event(*event)
 
     def _unchanged(self, patch: Mapping[str, Any]) -> bool:
@@ -752,7 +754,6 @@ class Reconciler:
     # -- failures ------------------------------------------------------------------------------
 
     async def _stall(self, p: _Pass, exc: Permanent) -> Outcome:
-        logger.warning("%s/%s: %s", p.res.namespace, p.res.name, exc)
         fingerprint = await self._fingerprint_for_failure(p)
         flight = InFlight.from_status(p.status.get("inFlight"))
         keep = flight if flight is not None and flight.pending_transaction is not None else None
