@@ -38,6 +38,7 @@ class WorkQueue(Generic[K]):
         self._wakeup = asyncio.Event()
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()  # set whenever no key is being processed
 
     def __len__(self) -> int:
         return len(self._due) + len(self._processing)
@@ -63,19 +64,41 @@ class WorkQueue(Generic[K]):
         self._due.pop(key, None)
         self._again.pop(key, None)
 
-    async def run(self) -> None:
-        """Dispatch and work until cancelled."""
-        self._tasks = [
+    def start(self) -> None:
+        """Start the dispatcher and the workers as tasks of the running loop."""
+        if self._tasks:
+            raise RuntimeError("the work queue is already started")
+        self._tasks = [asyncio.create_task(self._dispatch(), name="reconcile-dispatcher")]
+        self._tasks += [
             asyncio.create_task(self._worker(), name=f"reconcile-worker-{i}") for i in range(self._workers)
         ]
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking work, let passes under way finish for up to ``grace`` seconds, then cancel.
+
+        A pass cut short is no worse than a crash: status records where each sync stands.
+        """
+        if not self._tasks:
+            return
+        self._tasks[0].cancel()  # the dispatcher: nothing new starts
+        if self._processing:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def run(self) -> None:
+        """Work until cancelled (for callers that own the task)."""
+        self.start()
         try:
-            await self._dispatch()
+            await asyncio.Event().wait()
         finally:
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await self.shutdown(grace=0)
 
     async def _dispatch(self) -> None:
         while True:
@@ -106,6 +129,8 @@ class WorkQueue(Generic[K]):
                 requeue = 5.0
             finally:
                 self._processing.discard(key)
+                if not self._processing:
+                    self._idle.set()
             again = self._again.pop(key, None)
             if again is not None:
                 self.add(key, max(0.0, again - self._clock()))
