@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -82,8 +82,7 @@ def custom_api(cp: ControlPlane) -> k8s.CustomObjectsApi:
 
 def get(cp: ControlPlane, namespace: str, name: str, api: k8s.CustomObjectsApi | None = None) -> Body:
     api = api or custom_api(cp)
-    result: Body = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    return result
+    return cast(Body, api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
 
 
 def condition(body: Mapping[str, Any], kind: str = "Ready") -> Mapping[str, Any]:

@@ -7,6 +7,8 @@ import random
 BASE_SECONDS = 2.0
 CAP_SECONDS = 300.0
 
+_RNG = random.Random()  # jitter needs no cryptographic randomness
+
 
 def backoff_delay(
     attempt: int,
@@ -22,8 +24,8 @@ def backoff_delay(
     failed together spread out without ever retrying immediately. Retry-After is a floor, capped too.
     """
     attempt = max(1, attempt)
-    step = min(cap, base * 2 ** min(attempt - 1, 30))
-    jitter = (rng or random).uniform(0, step / 2)
+    step = min(cap, base * 2.0 ** min(attempt - 1, 30))
+    jitter = (rng or _RNG).uniform(0, step / 2)
     delay = step / 2 + jitter
     if retry_after is not None:
         delay = max(delay, min(cap, retry_after))

@@ -17,11 +17,11 @@ LIST_CHUNK_SIZE = 250
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.login(registry=registry)  # type: ignore[untyped-decorator]
-    def login(**kwargs: Any) -> Any:
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
 
-    @kopf.on.startup(registry=registry)  # type: ignore[untyped-decorator]
+    @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.loggers = False  # log lines are not Events; we post Events on transitions only
         settings.watching.server_timeout = 300  # the API server ends each watch within 5 minutes
@@ -30,18 +30,19 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.watching.inactivity_timeout = 120
         settings.watching.chunk_size = LIST_CHUNK_SIZE
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)  # type: ignore[untyped-decorator]
-    def resource_event(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-        runtime.on_resource((namespace, name), None if type == "DELETED" else body)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def resource_event(*, type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+        runtime.on_resource((namespace or "", name), None if type == "DELETED" else body)
 
-    @kopf.on.event("", "v1", "configmaps", registry=registry)  # type: ignore[untyped-decorator]
-    def configmap_event(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-        runtime.on_configmap((namespace, name), None if type == "DELETED" else body)
+    @kopf.on.event("", "v1", "configmaps", registry=registry)
+    def configmap_event(*, type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+        runtime.on_configmap((namespace or "", name), None if type == "DELETED" else body)
 
     # Secrets are watched (list/watch RBAC) only to react when an API key, RPC URL or signer key
     # changes; their values are read with a GET when a reconcile needs them and never cached.
-    @kopf.on.event("", "v1", "secrets", registry=registry)  # type: ignore[untyped-decorator]
-    def secret_event(type: str | None, meta: kopf.Meta, namespace: str, name: str, **_: Any) -> None:
-        runtime.on_secret((namespace, name), None if type == "DELETED" else str(meta.get("resourceVersion")))
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    def secret_event(*, type: str, meta: kopf.Meta, namespace: str | None, name: str, **_: Any) -> None:
+        version = None if type == "DELETED" else str(meta.get("resourceVersion"))
+        runtime.on_secret((namespace or "", name), version)
 
     return registry

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -34,13 +34,20 @@ MERGE_PATCH = "application/merge-patch+json"
 ObjectKey = tuple[str, str]  # (namespace, name)
 
 
-def load_api_client() -> k8s.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
+def load_api_client(pool_size: int | None = None) -> k8s.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``).
+
+    ``pool_size``: connections kept to the API server, one per thread that may call it at once
+    (the client's default is five per CPU, which makes concurrent workers open and drop connections).
+    """
     try:
-        k8s_config.load_incluster_config()
+        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    return k8s.ApiClient()
+        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+    configuration = k8s.Configuration.get_default_copy()
+    if pool_size is not None:
+        configuration.connection_pool_maxsize = pool_size
+    return k8s.ApiClient(configuration)
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class CachedConfigMap:
 
 
 def _is_missing(exc: ApiException) -> bool:
-    return exc.status == 404
+    return bool(exc.status == 404)
 
 
 def _transient(what: str, exc: ApiException) -> RetryLater:
@@ -109,7 +116,7 @@ class Cluster:
             if _is_missing(exc):
                 return None
             raise _transient(f"reading {namespace}/{name}", exc) from None
-        return snapshot_of(body)
+        return snapshot_of(cast(Mapping[str, Any], body))
 
     async def configmap(self, namespace: str, name: str) -> CachedConfigMap | None:
         key = (namespace, name)
@@ -122,7 +129,7 @@ class Cluster:
                 self._configmaps[key] = None
                 return None
             raise _transient(f"reading ConfigMap {namespace}/{name}", exc) from None
-        self.observe_configmap(key, self._api.sanitize_for_serialization(body))
+        self.observe_configmap(key, self._api.sanitize_for_serialization(body))  # type: ignore[no-untyped-call]
         return self._configmaps[key]
 
     async def secret(self, namespace: str, name: str) -> tuple[str, Mapping[str, str]] | None:
@@ -133,9 +140,9 @@ class Cluster:
             if _is_missing(exc):
                 return None
             raise _transient(f"reading Secret {namespace}/{name}", exc) from None
-        rv = str(body.metadata.resource_version or "")
+        rv = str(body.metadata.resource_version or "") if body.metadata else ""
         self._secret_versions[(namespace, name)] = rv
-        return rv, dict(body.data or {})
+        return rv, {k: v if isinstance(v, str) else v.decode() for k, v in (body.data or {}).items()}
 
     async def secret_version(self, namespace: str, name: str) -> str | None:
         key = (namespace, name)
@@ -172,7 +179,7 @@ class Cluster:
             if _is_missing(exc):
                 raise StatusConflict(f"{namespace}/{name} is gone") from None
             raise _transient(f"writing the status of {namespace}/{name}", exc) from None
-        return str(result["metadata"]["resourceVersion"])
+        return str(cast(Mapping[str, Any], result)["metadata"]["resourceVersion"])
 
     async def record_event(self, res: ResourceSnapshot, type_: str, reason: str, message: str) -> None:
         now = datetime.now(UTC)
@@ -200,7 +207,8 @@ class Cluster:
             "reportingInstance": REPORTING_COMPONENT,
         }
         try:
-            await asyncio.to_thread(self._core.create_namespaced_event, res.namespace, body)
+            # A plain dict is serialised as is; the generated model adds nothing here.
+            await asyncio.to_thread(self._core.create_namespaced_event, res.namespace, cast(Any, body))
         except ApiException as exc:
             # Events are best effort: status is the record of truth.
             logger.warning(

@@ -25,11 +25,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from cvm_prelaunch_operator.domain.backoff import backoff_delay
 from cvm_prelaunch_operator.domain.compose_hash import verify_compose_hash
-from cvm_prelaunch_operator.domain.conditions import Verdict, build_conditions
+from cvm_prelaunch_operator.domain.conditions import WORKING_PHASES, Phase, Verdict, build_conditions
 from cvm_prelaunch_operator.domain.errors import (
     Permanent,
     RecheckChain,
@@ -776,9 +776,9 @@ class Reconciler:
         failures = int(p.status.get("failures") or 0) + 1
         delay = backoff_delay(failures, retry_after=exc.retry_after)
         logger.info("%s/%s: retry %d in %.1fs: %s", p.res.namespace, p.res.name, failures, delay, exc)
-        phase = p.status.get("phase") or "Pending"
-        if phase in ("Synced", "Failed", "Suspended"):
-            phase = "Pending"
+        current = p.status.get("phase")
+        # A step that fails keeps its phase; from a resting phase the resource goes back to Pending.
+        phase: Phase = cast(Phase, current) if current in WORKING_PHASES | {"AwaitingApproval"} else "Pending"
         await p.write(
             Verdict(phase, exc.reason, f"{exc} (retry {failures} in {delay:.0f}s)", retrying=True),
             {
