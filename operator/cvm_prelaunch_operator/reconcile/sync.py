@@ -43,6 +43,7 @@ from cvm_prelaunch_operator.domain.models import (
     CvmInfo,
     PendingTransaction,
     Registration,
+    UpdateAccepted,
 )
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.resource import (
@@ -386,6 +387,11 @@ class Reconciler:
             accepted = await cloud.patch_pre_launch_script(spec.cvm_id, source.data)
         except RegistrationRequired as required:
             return await self._challenge(p, spec, source, cloud, flight, required.challenge)
+        return await self._accepted(p, flight, accepted)
+
+    @staticmethod
+    async def _accepted(p: _Pass, flight: InFlight, accepted: UpdateAccepted) -> InFlight:
+        """Record the correlation id of an accepted update (Phase 1 off-chain, Phase 2 on-chain)."""
         flight = flight.advance(step="Following", correlation_id=accepted.correlation_id)
         await p.write(
             Verdict(
@@ -602,16 +608,7 @@ class Reconciler:
             raise RetryLater(
                 exc.message, reason=Reason.REGISTRATION_REJECTED, retry_after=float(attempts)
             ) from None
-        flight = flight.advance(step="Following", correlation_id=accepted.correlation_id)
-        await p.write(
-            Verdict(
-                "Applying", Reason.APPLYING, f"Phala Cloud accepted the update ({accepted.correlation_id})"
-            ),
-            {"inFlight": flight.to_status(), "correlationId": accepted.correlation_id},
-            event=("Normal", "UpdateAccepted", f"Update accepted, correlation id {accepted.correlation_id}"),
-            milestone=True,
-        )
-        return flight
+        return await self._accepted(p, flight, accepted)
 
     async def _follow(
         self,
