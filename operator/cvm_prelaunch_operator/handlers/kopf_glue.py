@@ -12,6 +12,7 @@ from cvm_prelaunch_operator.handlers.runtime import Runtime
 # The initial listing of ConfigMaps and Secrets comes in pages, so thousands of unrelated objects
 # never sit in memory at once.
 LIST_CHUNK_SIZE = 250
+WORKER_IDLE_SECONDS = 0.2
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -29,6 +30,11 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.watching.connect_timeout = 15
         settings.watching.inactivity_timeout = 120
         settings.watching.chunk_size = LIST_CHUNK_SIZE
+        # kopf keeps one worker task per object until it has been idle this long, and the worker
+        # holds the object's last event meanwhile. The handlers here return at once, so a short
+        # wait is enough; kopf's 5 s default would hold every ConfigMap of a listing (thousands,
+        # none of them referenced) in memory at the same time.
+        settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def resource_event(*, type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
