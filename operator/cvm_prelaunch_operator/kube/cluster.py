@@ -34,20 +34,13 @@ MERGE_PATCH = "application/merge-patch+json"
 ObjectKey = tuple[str, str]  # (namespace, name)
 
 
-def load_api_client(pool_size: int | None = None) -> k8s.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``).
-
-    ``pool_size``: connections kept to the API server, one per thread that may call it at once
-    (the client's default is five per CPU, which makes concurrent workers open and drop connections).
-    """
+def load_api_client() -> k8s.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
-    configuration = k8s.Configuration.get_default_copy()
-    if pool_size is not None:
-        configuration.connection_pool_maxsize = pool_size
-    return k8s.ApiClient(configuration)
+    return k8s.ApiClient()
 
 
 @dataclass(frozen=True)
