@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only this scenario (repeatable); default: all, in the order listed",
     )
     parser.add_argument("--output", type=Path, help="directory for the results (default benchmarks/results)")
-    parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600, smoke 8)")
+    parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600, smoke 5)")
     parser.add_argument(
         "--block-time", type=float, help="anvil block time B of the on-chain scenario (default 2)"
     )

@@ -74,7 +74,7 @@ SMOKE = Sizes(
     block_time=1.0,
     onchain_edits=1,
     cli_runs=1,
-    soak_seconds=8.0,
+    soak_seconds=5.0,
     soak_resources=6,
     soak_edit_interval=0.5,
     soak_sample_interval=1.0,
@@ -103,10 +103,6 @@ def target(what: str, measured: float, limit: float, unit: str, *, at_most: bool
         "unit": unit,
         "met": met,
     }
-
-
-def requirement(what: str, ok: bool, measured: str) -> dict[str, Any]:
-    return {"target": what, "measured": measured, "unit": "", "met": ok}
 
 
 def rss(operator: OperatorProcess) -> dict[str, float]:
@@ -178,7 +174,7 @@ def reaction(run: Run) -> Result:
         "targets": [
             target("p50", stats["median"], 100, "ms"),
             target("p99", stats["p99"], 500, "ms"),
-            requirement("at least 50 edits", len(samples) >= 50, str(len(samples))),
+            target("edits", len(samples), 50, "", at_most=False),
         ],
     }
 
@@ -274,7 +270,8 @@ def noise(run: Run) -> Result:
     fleet, operator = ensure_fleet(run)
     bench = run.bench
     sizes = run.sizes
-    baseline = settle_rss(operator, minimum=3.0, timeout=30.0)
+    settle = 1.0 if run.smoke else 3.0  # seconds RSS is watched before it counts as settled
+    baseline = settle_rss(operator, minimum=settle, timeout=30.0)
     payload_chars = sizes.noise_kib * 1024
     began = time.monotonic()
     data = {
@@ -284,14 +281,14 @@ def noise(run: Run) -> Result:
     bench.create_configmaps("bench-noise", data)
     del data
     created = time.monotonic() - began
-    live = settle_rss(operator, minimum=5.0, timeout=60.0)
+    live = settle_rss(operator, minimum=2 * settle, timeout=60.0)
     noisy = measure_reactions(run, sizes.noise_edits, "noise")
     # A restart lists every ConfigMap of the watched namespaces, the noise included.
     operator.stop()
     restarted = bench.start_operator(run.fleet_namespaces, name="fleet-noise")
     run.fleet_operator = restarted
     wait_reconfirmed(restarted, len(fleet), timeout=120.0)
-    after_restart = settle_rss(restarted, minimum=3.0, timeout=30.0)
+    after_restart = settle_rss(restarted, minimum=settle, timeout=30.0)
     growth = max(live, after_restart) - baseline
     quiet = run.results.get("_reaction_ms", {}).get("samples")
     noisy_stats = summary(noisy)
