@@ -25,6 +25,10 @@ from cvm_prelaunch_operator.settings import OperatorSettings
 
 logger = logging.getLogger("cvm_prelaunch_operator")
 
+# On SIGTERM, reconcile passes under way get this long to finish before they are cut (which is safe:
+# status records where each sync stands). Well inside Kubernetes' default 30 s termination grace.
+SHUTDOWN_GRACE_SECONDS = 3.0
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -63,7 +67,14 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
         __version__,
         "namespaces " + ",".join(settings.namespaces) if settings.namespaces else "cluster-wide",
     )
-    workers = asyncio.create_task(runtime.queue.run(), name="work-queue")
+    # Started before kopf, so kopf does not count the workers among its own tasks at shutdown.
+    runtime.queue.start()
+
+    async def drain_on_stop() -> None:
+        await stop_flag.wait()
+        await runtime.queue.shutdown(grace=SHUTDOWN_GRACE_SECONDS)
+
+    draining = asyncio.create_task(drain_on_stop(), name="drain-on-stop")
     try:
         await kopf.operator(
             registry=registry,
@@ -76,9 +87,8 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
             stop_flag=stop_flag,
         )
     finally:
-        workers.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await workers
+        stop_flag.set()
+        await draining
         await cloud.aclose()
         await registrar.aclose()
         if stop_metrics is not None:
@@ -91,8 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    # kopf's own per-object lines at INFO are noise at scale; warnings still show.
-    logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    # Per-request lines of the HTTP libraries and kopf's per-object lines are noise at scale: the
+    # operator logs each transition itself. Warnings still show.
+    quiet = max(logging.WARNING, logging.getLevelName(settings.log_level))
+    for name in ("kopf", "httpx", "httpcore", "aiohttp.access", "web3.providers"):
+        logging.getLogger(name).setLevel(quiet)
     asyncio.run(run(settings))
     return 0
 
