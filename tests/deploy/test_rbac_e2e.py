@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from cvm_prelaunch_localenv.kube import ControlPlane
 from cvm_prelaunch_localenv.operator_process import OperatorProcess
 from cvm_prelaunch_localenv.scenario import SCRIPT_V1, SCRIPT_V2, Workbench
 from cvm_prelaunch_localenv.simulator import SimulatorServer
+from cvm_prelaunch_operator.domain.backoff import backoff_delay
 
 # With every permission the operator syncs an on-chain CVM, re-syncs a ConfigMap edit and takes a
 # rotated API key within this window (measured: under 1 s each, on 2 cores at load 3); without one
@@ -372,6 +374,39 @@ class Case:
     app: App
     operator: OperatorProcess
     sim: SimulatorServer
+    # Known defects the case revealed besides its symptom; reported as an expected failure.
+    defects: list[str] = field(default_factory=list)
+
+    def check_backoff(self, created: float) -> None:
+        """A refused read is retried with the operator's backoff, not in a loop."""
+        failures = int(self.app.get()["status"].get("failures") or 0)
+        seconds = time.monotonic() - created
+        allowed = retries_within(seconds)
+        if failures > allowed:
+            self.defects.append(
+                f"{failures} failed passes in {seconds:.0f}s where the backoff allows "
+                f"{allowed}: each failed pass writes status, whose watch event starts the next pass at "
+                "once, because the ConfigMap and Secret reads come before the nextRetryTime check "
+                "(Reconciler._reconcile)"
+            )
+
+
+def retries_within(seconds: float) -> int:
+    """The most failed passes the operator's backoff allows in ``seconds`` (each delay at its
+    shortest, half of 2 s, 4 s, 8 s, ...), plus one for slack."""
+    passes, elapsed = 1, backoff_delay(1, rng=_SHORTEST)
+    while elapsed <= seconds:
+        passes += 1
+        elapsed += backoff_delay(passes, rng=_SHORTEST)
+    return passes + 1
+
+
+class _NoJitter(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+_SHORTEST = _NoJitter()
 
 
 def _no_status_and_no_remote_write(case: Case, created: float) -> None:
@@ -416,6 +451,7 @@ def fails_without_get_configmaps(case: Case) -> None:
     assert "HTTP 403" in ready_message(body) and f"{case.app.namespace}/app-script" in ready_message(body)
     case.app.stays(lambda b: not scenario.is_synced(b), "not Synced", until=created + SYNC_WINDOW)
     assert case.app.phala_writes(case.sim) == []
+    case.check_backoff(created)
 
 
 def _edit_not_picked_up(case: Case, verb: str) -> None:
@@ -449,6 +485,7 @@ def fails_without_get_secrets(case: Case) -> None:
     assert "HTTP 403" in ready_message(body) and f"{case.app.namespace}/app-" in ready_message(body)
     case.app.stays(lambda b: not scenario.is_synced(b), "not Synced", until=created + SYNC_WINDOW)
     assert case.app.phala_writes(case.sim) == []
+    case.check_backoff(created)
 
 
 def _rotation_not_picked_up(case: Case, verb: str) -> None:
@@ -512,10 +549,13 @@ def test_operator_fails_without(
     grant(control_plane, cluster_wide, without(cluster_wide.cluster_role(), removed), namespace)
     operator = cluster_wide.start_operator(operator_factory)
     target = sim_cvm_factory(onchain=True, allow_any_device=True)
-    SYMPTOMS[removed](Case(App(Workbench(control_plane, namespace, anvil), target), operator, sim))
+    case = Case(App(Workbench(control_plane, namespace, anvil), target), operator, sim)
+    SYMPTOMS[removed](case)
 
     assert operator.alive(), "a missing permission is reported, never a crash"
     # Only the removed permission was refused (kopf words list and watch refusals in its log).
     assert refused_requests(operator) - KOPF_OBSERVATION <= {(removed.verb, removed.resource)}
     assert cluster_wide.token not in operator.logs()
     operator.kill()  # its graceful stop takes seconds and is not what this test is about
+    if case.defects:
+        pytest.xfail("; ".join(case.defects))
