@@ -282,6 +282,7 @@ def test_namespaced_install_syncs_in_its_namespaces_as_its_service_account(
     anvil: Anvil,
     sim_cvm_factory: SimCvmFactory,
     operator_factory: OperatorFactory,
+    namespace: str,
     tmp_path: Path,
 ) -> None:
     """Roles in the overlay's namespaces only, and the operator watching exactly those."""
@@ -301,12 +302,17 @@ def test_namespaced_install_syncs_in_its_namespaces_as_its_service_account(
             install.reviewer.wait_for(nothing, namespace=None)  # no cluster-wide grant at all
 
             operator = install.start_operator(operator_factory)
+            assert namespace not in namespaces
+            outside = App(Workbench(cp, namespace, anvil), sim_cvm_factory(onchain=False))
+            outside_created = outside.create()
             app = App(
                 Workbench(cp, namespaces[0], anvil), sim_cvm_factory(onchain=True, allow_any_device=True)
             )
             created_at = app.create()
             body = app.synced(timeout=KOPF_FALLBACK_SECONDS + SYNC_WINDOW)
             seconds_to_sync = time.monotonic() - created_at
+            # A namespace that is not in the overlay's list is neither watched nor readable.
+            outside.stays(no_status, "without status", until=outside_created + SYNC_WINDOW)
             assert anvil.web3().eth.get_transaction_receipt(body["status"]["transactionHash"])["status"] == 1
             assert {"UploadStarted", "RegistrationConfirmed", "Applied"} <= set(app.event_reasons())
             assert refused_requests(operator) <= KOPF_OBSERVATION
