@@ -322,7 +322,7 @@ def test_namespaced_install_syncs_in_its_namespaces_as_its_service_account(
         for name in created:
             cp.delete_namespace(name)
     if seconds_to_sync > SYNC_WINDOW:
-        pytest.xfail(
+        pytest.fail(
             f"Synced, but only {seconds_to_sync:.0f}s after the resource was created: kopf retries its "
             f"refused listing of Namespaces for {KOPF_FALLBACK_SECONDS:.0f}s before it watches the "
             "namespaces it was given. settings.scanning.disabled = True (kopf's strict mode) in the "
@@ -380,7 +380,7 @@ class Case:
     app: App
     operator: OperatorProcess
     sim: SimulatorServer
-    # Known defects the case revealed besides its symptom; reported as an expected failure.
+    # Defects the case revealed besides its symptom (each fails the test).
     defects: list[str] = field(default_factory=list)
 
     def check_backoff(self, created: float) -> None:
@@ -563,5 +563,4 @@ def test_operator_fails_without(
     assert refused_requests(operator) - KOPF_OBSERVATION <= {(removed.verb, removed.resource)}
     assert cluster_wide.token not in operator.logs()
     operator.kill()  # its graceful stop takes seconds and is not what this test is about
-    if case.defects:
-        pytest.xfail("; ".join(case.defects))
+    assert not case.defects, "; ".join(case.defects)

@@ -18,6 +18,8 @@ class Reason(StrEnum):
     UPLOADING = "Uploading"
     REGISTERING_ON_CHAIN = "RegisteringOnChain"
     APPLYING = "Applying"
+    # The cluster.
+    KUBERNETES_API_ERROR = "KubernetesApiError"
     # Inputs in the cluster.
     CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
     KEY_NOT_FOUND = "KeyNotFound"

@@ -30,6 +30,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.watching.connect_timeout = 15
         settings.watching.inactivity_timeout = 120
         settings.watching.chunk_size = LIST_CHUNK_SIZE
+        # Strict mode: watch exactly the namespaces we are given and the resources we name, without
+        # listing Namespaces or CRDs (which least-privilege RBAC does not grant).
+        settings.scanning.disabled = True
         # kopf keeps one worker task per object until it has been idle this long, and the worker
         # holds the object's last event meanwhile. The handlers here return at once, so a short
         # wait is enough; kopf's 5 s default would hold every ConfigMap of a listing (thousands,

@@ -56,7 +56,10 @@ def _is_missing(exc: ApiException) -> bool:
 
 
 def _transient(what: str, exc: ApiException) -> RetryLater:
-    return RetryLater(f"Kubernetes API error while {what}: HTTP {exc.status} {exc.reason}")
+    return RetryLater(
+        f"Kubernetes API error while {what}: HTTP {exc.status} {exc.reason}",
+        reason=Reason.KUBERNETES_API_ERROR,
+    )
 
 
 class Cluster:

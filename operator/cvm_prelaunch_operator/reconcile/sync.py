@@ -232,6 +232,12 @@ class Reconciler:
             )
             return Outcome()
 
+        # Backing off: nothing is read or written until the retry time, whatever events arrive (our
+        # own status write is one of them).
+        retry_at = _parse_time(p.status.get("nextRetryTime"))
+        if retry_at is not None and retry_at > p.now and not new_request:
+            return Outcome(requeue_after=retry_at - p.now)
+
         source = await p.io.read_script(spec.script_ref.name, spec.script_ref.key)
         desired = script_sha256(source.data)
         for ref in spec.secret_refs():
@@ -244,10 +250,6 @@ class Reconciler:
         stalled_on = p.status.get("stalledInputs")
         if stalled_on and not new_request and stalled_on == await self._fingerprint(p, spec, source, notes):
             return Outcome()  # permanent failure: wait for a change of inputs
-
-        retry_at = _parse_time(p.status.get("nextRetryTime"))
-        if retry_at is not None and retry_at > p.now and not new_request:
-            return Outcome(requeue_after=retry_at - p.now)
 
         in_flight = InFlight.from_status(p.status.get("inFlight"))
         if in_flight is not None and in_flight.script_sha256 != desired and in_flight.step != "Following":
