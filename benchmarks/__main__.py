@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = started.strftime("%Y%m%dT%H%M%SZ") + ("-smoke" if args.smoke else "")
     began = time.monotonic()
     result: dict[str, Any] = {
-        "command": "hack/bench.sh " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["hack/bench.sh", shlex.join(sys.argv[1:] if argv is None else argv)]).strip(),
         "started": started.strftime("%Y-%m-%d %H:%M:%S"),
         "smoke": args.smoke,
         "operator_version": __version__,

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+MAX_RSS_SAMPLES_SHOWN = 20
+
 
 def _number(value: Any) -> str:
     if isinstance(value, float):
@@ -15,7 +17,9 @@ def _number(value: Any) -> str:
 
 def _figure(key: str, value: Any) -> str:
     if key == "rss_samples_mib":
-        return ", ".join(f"{t:g}s:{m:.1f}" for t, m in value)
+        step = max(1, len(value) // MAX_RSS_SAMPLES_SHOWN)  # every sample stays in the JSON
+        shown = value[::step] if value[-1] in value[::step] else [*value[::step], value[-1]]
+        return ", ".join(f"{t:g}s:{m:.1f}" for t, m in shown)
     if isinstance(value, dict):
         return ", ".join(f"{k}={_number(v)}" for k, v in value.items())
     if isinstance(value, list):
@@ -28,7 +32,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark results ({'smoke' if report['smoke'] else 'full run'})",
         "",
-        f"- Command: `{report['command']}`",
+        f"- Command: `{report['command'].strip()}`",
         f"- Started: {report['started']} UTC, took {report['seconds']:.0f} s",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_mib']} MiB, "
         f"{machine['system']}, Python {machine['python']}, load average at start "

@@ -171,6 +171,7 @@ def reaction(run: Run) -> Result:
             "operator_memory_mib": rss(operator),
         },
         "latency_ms": {"edit to Phase-1 PATCH": stats},
+        "samples_ms": {"edit to Phase-1 PATCH": [round(x, 1) for x in samples]},
         "targets": [
             target("p50", stats["median"], 100, "ms"),
             target("p99", stats["p99"], 500, "ms"),
@@ -325,6 +326,7 @@ def noise(run: Run) -> Result:
             "operator_memory_after_restart_mib": rss(restarted),
         },
         "latency_ms": latency,
+        "samples_ms": {"edit to Phase-1 PATCH, with noise": [round(x, 1) for x in noisy]},
         "targets": targets,
         "notes": notes,
     }
@@ -587,6 +589,10 @@ def onchain(run: Run) -> Result:
         "title": f"On-chain sync: anvil mining every {block_time:g} s, 1 confirmation",
         "figures": figures,
         "latency_ms": latency,
+        "samples_ms": {
+            "operator": [round(x * 1000, 1) for x in operator_samples],
+            "official CLI": [round(x * 1000, 1) for x in cli_samples],
+        },
         "targets": targets,
         "notes": [
             "Operator: ConfigMap edit to the Phase-2 202 answered by the simulator. CLI: process start of "
