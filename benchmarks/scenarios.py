@@ -203,7 +203,7 @@ def restart(run: Run) -> Result:
     fleet, old = ensure_fleet(run)
     bench = run.bench
     admin = bench.simulator.admin
-    old.stop()
+    old.stop()  # SIGTERM, as a rolling update does; elsewhere operators that are done are killed
     versions = {
         item["metadata"]["name"]: item["metadata"]["resourceVersion"]
         for item in bench.resources(fleet.namespace)
@@ -285,7 +285,7 @@ def noise(run: Run) -> Result:
     live = settle_rss(operator, minimum=2 * settle, timeout=60.0)
     noisy = measure_reactions(run, sizes.noise_edits, "noise")
     # A restart lists every ConfigMap of the watched namespaces, the noise included.
-    operator.stop()
+    operator.kill()
     restarted = bench.start_operator(run.fleet_namespaces, name="fleet-noise")
     run.fleet_operator = restarted
     wait_reconfirmed(restarted, len(fleet), timeout=120.0)
@@ -360,7 +360,7 @@ def _fanout_once(run: Run, fleet: Fleet, limit: int) -> dict[str, Any]:
     finally:
         admin.clear_faults()
         admin.settings(operation_seconds=0.05)
-        operator.stop()
+        operator.kill()
     per_cvm = Counter(r.cvm for r in requests if r.cvm)
     calls_min = min(per_cvm[c] for c in fleet.cvm_ids) if all(c in per_cvm for c in fleet.cvm_ids) else 0
     # Ideal: every resource's calls at exactly the limit, back to back, each taking the latency.
@@ -414,7 +414,7 @@ def fanout(run: Run) -> Result:
     sizes = run.sizes
     bench = run.bench
     if run.fleet_operator is not None:  # keep the machine to this scenario
-        run.fleet_operator.stop()
+        run.fleet_operator.kill()
         run.fleet_operator = None
     namespace = bench.namespace("bench-fanout")
     fleet = bench.create_fleet(namespace, sizes.fanout_resources, prefix="fan", shared_config_map=True)
@@ -561,7 +561,7 @@ def onchain(run: Run) -> Result:
                     assert accepted.ended is not None
                     cli_samples.append(accepted.ended - began)
         finally:
-            operator.stop()
+            operator.kill()
     op_stats = summary([s * 1000 for s in operator_samples])
     cli_stats = summary([s * 1000 for s in cli_samples])
     latency = {"operator: edit to Phase-2 202": op_stats}
@@ -680,7 +680,7 @@ def soak(run: Run) -> Result:
         warnings = sum(1 for line in operator.logs().splitlines() if " WARNING " in line)
         reconciles = try_metrics(operator) or {}
     finally:
-        operator.stop()
+        operator.kill()
     warm = next((m for t, m in memory if t >= sizes.soak_seconds * 0.1), start_memory)
     growth = (end_memory["rss_mib"] - start_memory) / start_memory * 100
     return {
