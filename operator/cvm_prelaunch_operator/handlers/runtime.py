@@ -131,6 +131,9 @@ class Runtime:
         self.index.update(key, references_of(body.get("spec") or {}))
         if old is not None:
             self._drop_unreferenced(key[0], old)
+        version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+        if self.cluster.wrote(key, version):
+            return  # the echo of our own status write: the pass that wrote it has planned what follows
         self.queue.add(key)
 
     def on_configmap(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import logging
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ REPORTING_COMPONENT = "cvm-prelaunch-operator"
 MERGE_PATCH = "application/merge-patch+json"
 
 ObjectKey = tuple[str, str]  # (namespace, name)
+
+WRITES_REMEMBERED = 8  # a pass writes status a handful of times; their echoes arrive after
 
 
 def load_api_client() -> k8s.ApiClient:
@@ -70,6 +73,9 @@ class Cluster:
         self._core = k8s.CoreV1Api(api)
         self._custom = k8s.CustomObjectsApi(api)
         self._configmaps: dict[ObjectKey, CachedConfigMap | None] = {}
+        # resourceVersions our own status writes produced, so their watch events are not new work.
+        self._written: dict[ObjectKey, deque[str]] = {}
+        self._event_posts: set[asyncio.Task[None]] = set()
         self._secret_versions: dict[ObjectKey, str | None] = {}
 
     # -- caches fed by the watches ---------------------------------------------------------------
@@ -94,6 +100,14 @@ class Cluster:
 
     def forget_secret(self, key: ObjectKey) -> None:
         self._secret_versions.pop(key, None)
+
+    def wrote(self, key: ObjectKey, resource_version: str) -> bool:
+        """True when ``resource_version`` is the result of one of our recent status writes."""
+        recent = self._written.get(key)
+        return bool(resource_version) and recent is not None and resource_version in recent
+
+    def forget_resource(self, key: ObjectKey) -> None:
+        self._written.pop(key, None)
 
     @property
     def cached_configmaps(self) -> int:
@@ -175,9 +189,17 @@ class Cluster:
             if _is_missing(exc):
                 raise StatusConflict(f"{namespace}/{name} is gone") from None
             raise _transient(f"writing the status of {namespace}/{name}", exc) from None
-        return str(cast(Mapping[str, Any], result)["metadata"]["resourceVersion"])
+        written = str(cast(Mapping[str, Any], result)["metadata"]["resourceVersion"])
+        self._written.setdefault((namespace, name), deque(maxlen=WRITES_REMEMBERED)).append(written)
+        return written
 
-    async def record_event(self, res: ResourceSnapshot, type_: str, reason: str, message: str) -> None:
+    def record_event(self, res: ResourceSnapshot, type_: str, reason: str, message: str) -> None:
+        """Post an Event in the background: events are best effort, so a sync never waits for one."""
+        task = asyncio.create_task(self._post_event(res, type_, reason, message), name=f"event-{reason}")
+        self._event_posts.add(task)
+        task.add_done_callback(self._event_posts.discard)
+
+    async def _post_event(self, res: ResourceSnapshot, type_: str, reason: str, message: str) -> None:
         now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
@@ -274,7 +296,7 @@ class KubeResourceIO:
         )
 
     async def record_event(self, type_: str, reason: str, message: str) -> None:
-        await self._cluster.record_event(self._res, type_, reason, message)
+        self._cluster.record_event(self._res, type_, reason, message)
 
 
 def snapshot_of(body: Mapping[str, Any]) -> ResourceSnapshot:
