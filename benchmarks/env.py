@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
-from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from cvm_prelaunch_localenv import scenario
@@ -399,12 +398,3 @@ def error_lines(log: str) -> list[str]:
         for line in log.splitlines()
         if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
     ]
-
-
-@contextlib.contextmanager
-def suppress_not_found() -> Iterator[None]:
-    try:
-        yield
-    except ApiException as exc:
-        if exc.status != 404:
-            raise

@@ -3,7 +3,6 @@ targets with what was measured against them, and notes. Targets are the issue's,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -11,7 +10,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from benchmarks.env import (
     error_lines,
     metric_sum,
     script_text,
-    sha256_text,
     try_metrics,
 )
 from benchmarks.stats import process_memory, summary
@@ -720,8 +718,4 @@ SCENARIOS: dict[str, Callable[[Run], Result]] = {
 }
 
 
-def sizes_json(sizes: Sizes) -> str:
-    return json.dumps(asdict(sizes))
-
-
-__all__ = ["SCENARIOS", "SMOKE", "Run", "Sizes", "sha256_text"]
+__all__ = ["SCENARIOS", "SMOKE", "Run", "Sizes"]
