@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import signal
 import sys
 import threading
@@ -92,8 +93,6 @@ def _demo(env: LocalEnv, work_dir: Path) -> int:
         scenario.patch_configmap(
             cp, DEMO_NAMESPACE, "web-onchain-script", {"pre-launch.sh": ONCHAIN_SCRIPT_V2}
         )
-        import hashlib  # noqa: PLC0415
-
         want = hashlib.sha256(ONCHAIN_SCRIPT_V2.encode()).hexdigest()
         started = time.monotonic()
         scenario.wait_for(

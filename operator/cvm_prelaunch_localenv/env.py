@@ -11,7 +11,7 @@ from types import TracebackType
 from cvm_prelaunch_localenv.chain import Anvil
 from cvm_prelaunch_localenv.contracts import AppContract, app_contract_abi, deploy_app_contract
 from cvm_prelaunch_localenv.kube import ControlPlane
-from cvm_prelaunch_localenv.paths import repo_root
+from cvm_prelaunch_localenv.paths import kubectl_bin, repo_root
 from cvm_prelaunch_localenv.simulator import SimulatorServer
 
 CRD_PATH = Path("crds") / "cloud.phala.com_cvmprelaunchscripts.yaml"
@@ -86,14 +86,9 @@ class LocalEnv:
             "",
             "Reach the cluster with our kubectl:",
             f"  export KUBECONFIG={self.control_plane.kubeconfig}",
-            f"  {self.control_plane_kubectl()} get cpls -A",
+            f"  {kubectl_bin()} get cpls -A",
         ]
         return "\n".join(lines)
-
-    def control_plane_kubectl(self) -> str:
-        from cvm_prelaunch_localenv.paths import kubectl_bin  # noqa: PLC0415
-
-        return str(kubectl_bin())
 
     def stop(self) -> None:
         if self.simulator is not None:
