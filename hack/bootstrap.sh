@@ -8,12 +8,12 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 stamp_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
-py_stamp="$(stamp_of pyproject.toml requirements.lock)"
+py_stamp="$(stamp_of pyproject.toml localenv/pyproject.toml requirements.lock)"
 if [[ ! -x .venv/bin/python || "$(cat .venv/.stamp 2>/dev/null)" != "$py_stamp" ]]; then
   echo ">> python environment (.venv)"
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -c requirements.lock -e '.[test,lint]'
+  .venv/bin/python -m pip install --quiet -c requirements.lock -e '.[test,lint]' -e ./localenv
   echo "$py_stamp" > .venv/.stamp
 fi
 

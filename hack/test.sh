@@ -6,8 +6,8 @@ bash hack/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo ">> ruff"
-ruff check operator tests benchmarks
-ruff format --check operator tests benchmarks
+ruff check operator localenv tests benchmarks
+ruff format --check operator localenv tests benchmarks
 echo ">> mypy --strict"
 mypy
 echo ">> import-linter"

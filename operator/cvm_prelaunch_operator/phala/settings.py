@@ -10,10 +10,14 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 from urllib.parse import urlsplit
 
+from cvm_prelaunch_operator.domain.config import from_env, setting
+
 DEFAULT_BASE_URL = "https://cloud-api.phala.com/api/v1"
+
+MAX_TIMEOUT = 15.0
+"""No request may hold a reconcile worker longer than this (issue: one round of remote calls per pass)."""
 
 DEFAULT_API_VERSION = "2026-06-23"
 """The pinned ``X-Phala-Version``: the newest of the known values (2025-10-28, 2026-01-21,
@@ -21,14 +25,6 @@ DEFAULT_API_VERSION = "2026-06-23"
 with ``in_progress``, ``progress.correlation_id`` and ``pre_launch_script_hash``, which the
 operator reads and older versions lack. The parsers still accept the older shapes (numeric ids,
 missing fields), so a server answering in an older shape degrades gracefully instead of failing."""
-
-_Number = TypeVar("_Number", int, float)
-
-_ENV_BASE_URL = "PHALA_CLOUD_API_URL"
-_ENV_API_VERSION = "PHALA_CLOUD_API_VERSION"
-_ENV_MAX_CONCURRENCY = "PHALA_CLOUD_MAX_CONCURRENCY"
-_ENV_CONNECT_TIMEOUT = "PHALA_CLOUD_CONNECT_TIMEOUT"
-_ENV_READ_TIMEOUT = "PHALA_CLOUD_READ_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -39,11 +35,21 @@ class PhalaCloudSettings:
     simulator), since the API key travels in a header.
     """
 
-    base_url: str = DEFAULT_BASE_URL
-    api_version: str = DEFAULT_API_VERSION
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_concurrency: int = 16
+    base_url: str = setting(
+        "PHALA_CLOUD_API_URL", DEFAULT_BASE_URL, "Phala Cloud API; the API keys are only ever sent here"
+    )
+    api_version: str = setting(
+        "PHALA_CLOUD_API_VERSION", DEFAULT_API_VERSION, "`X-Phala-Version` sent on every request"
+    )
+    connect_timeout: float = setting("PHALA_CLOUD_CONNECT_TIMEOUT", 5.0, "seconds to connect to Phala Cloud")
+    read_timeout: float = setting(
+        "PHALA_CLOUD_READ_TIMEOUT",
+        15.0,
+        "seconds to wait for an answer of Phala Cloud (at most 15)",
+    )
+    max_concurrency: int = setting(
+        "PHALA_CLOUD_MAX_CONCURRENCY", 16, "remote calls in flight at once, across all resources", minimum=1
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", _validate_base_url(self.base_url))
@@ -51,8 +57,10 @@ class PhalaCloudSettings:
             raise ValueError("the Phala Cloud API version must not be empty")
         for name in ("connect_timeout", "read_timeout"):
             value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+            if not 0 < value <= MAX_TIMEOUT:
+                raise ValueError(
+                    f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT:g}, not {value!r}"
+                )
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, not {self.max_concurrency!r}")
 
@@ -60,26 +68,7 @@ class PhalaCloudSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PhalaCloudSettings:
         """Read ``PHALA_CLOUD_API_URL``, ``PHALA_CLOUD_API_VERSION``, ``PHALA_CLOUD_MAX_CONCURRENCY``,
         ``PHALA_CLOUD_CONNECT_TIMEOUT`` and ``PHALA_CLOUD_READ_TIMEOUT``; unset or empty means default."""
-        env = os.environ if environ is None else environ
-        defaults = cls()
-        return cls(
-            base_url=env.get(_ENV_BASE_URL) or defaults.base_url,
-            api_version=env.get(_ENV_API_VERSION) or defaults.api_version,
-            max_concurrency=_number(env, _ENV_MAX_CONCURRENCY, int, defaults.max_concurrency),
-            connect_timeout=_number(env, _ENV_CONNECT_TIMEOUT, float, defaults.connect_timeout),
-            read_timeout=_number(env, _ENV_READ_TIMEOUT, float, defaults.read_timeout),
-        )
-
-
-def _number(env: Mapping[str, str], name: str, kind: type[_Number], default: _Number) -> _Number:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        return kind(raw.strip())
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(f"{name} must be {what}, not {raw!r}") from None
+        return from_env(cls, os.environ if environ is None else environ)
 
 
 def _validate_base_url(url: str) -> str:
