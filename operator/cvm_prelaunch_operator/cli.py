@@ -13,14 +13,11 @@ from collections.abc import Sequence
 import kopf
 
 from cvm_prelaunch_operator import __version__
-from cvm_prelaunch_operator.chain.registrar import Web3Registrar
+from cvm_prelaunch_operator.assembly import build_core
 from cvm_prelaunch_operator.handlers.kopf_glue import build_registry
 from cvm_prelaunch_operator.handlers.runtime import Runtime
 from cvm_prelaunch_operator.kube.cluster import Cluster, load_api_client
 from cvm_prelaunch_operator.metrics import OperatorMetrics
-from cvm_prelaunch_operator.phala.client import PhalaCloudClient
-from cvm_prelaunch_operator.phala.settings import PhalaCloudSettings
-from cvm_prelaunch_operator.reconcile.sync import Reconciler
 from cvm_prelaunch_operator.settings import OperatorSettings
 
 logger = logging.getLogger("cvm_prelaunch_operator")
@@ -47,12 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> None:
     metrics = OperatorMetrics()
     cluster = Cluster(load_api_client())
-    cloud = PhalaCloudClient(PhalaCloudSettings.from_env(), observer=metrics.observe_request)
-    registrar = Web3Registrar()
-    reconciler = Reconciler(
-        cloud, registrar, on_drift=metrics.observe_drift, on_transaction=metrics.observe_transaction
-    )
-    runtime = Runtime(cluster, reconciler, workers=settings.workers, observer=metrics.observe_reconcile)
+    core = build_core(metrics)
+    runtime = Runtime(cluster, core.reconciler, workers=settings.workers, observer=metrics.observe_reconcile)
     metrics.watch_resources(lambda: list(runtime.ready_states.values()))
     metrics.watch_in_progress(lambda: runtime.queue.processing)
     stop_metrics = metrics.serve(settings.metrics_port) if settings.metrics_port else None
@@ -89,8 +82,7 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
     finally:
         stop_flag.set()
         await draining
-        await cloud.aclose()
-        await registrar.aclose()
+        await core.close()
         if stop_metrics is not None:
             stop_metrics()
 
