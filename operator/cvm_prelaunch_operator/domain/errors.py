@@ -88,3 +88,10 @@ class Failure:
     reason: Reason
     message: str
     permanent: bool
+
+
+class NotLeader(Exception):
+    """This process no longer holds the Lease (or cannot be sure it does): no side effect may follow.
+
+    Deliberately not a ``SyncError``: nothing in a reconcile pass catches it; the pass ends where it is,
+    which is no worse than a crash (status records where each sync stands)."""
