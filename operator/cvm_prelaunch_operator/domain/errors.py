@@ -7,8 +7,6 @@
     ├── StartOver             the server forgot or superseded the Phase-1 body (466): Phase 1 again
     └── RecheckChain          the server cannot see the transaction (467): check the receipt, retry
 
-    NotLeader                 (apart) this process no longer holds the leader Lease: stop, write nothing
-
 The Phala Cloud client and the chain registrar both raise these; the reconciler never sees an
 HTTP status or a web3 exception. Messages are safe to show: adapters redact secrets before raising.
 """
@@ -81,12 +79,6 @@ class StartOver(SyncError):
 
 class RecheckChain(SyncError):
     default_reason = Reason.REGISTRATION_REJECTED
-
-
-class NotLeader(Exception):
-    """This process may no longer act: its leader Lease could not be renewed in time or went to another
-    holder. Deliberately not a ``SyncError``: it is not a failure of the resource, so nothing about it
-    is recorded in status; the pass ends without any further side effect."""
 
 
 @dataclass(frozen=True)
