@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from cvm_prelaunch_operator.domain.reasons import Reason
+from cvm_prelaunch_operator.domain.text import cut
 
 Phase = Literal[
     "Pending",
@@ -67,7 +68,7 @@ def build_conditions(
     verdict: Verdict, *, generation: int, previous: Sequence[Mapping[str, Any]] | None, now: str
 ) -> list[dict[str, Any]]:
     by_type = {c.get("type"): c for c in previous or []}
-    message = verdict.message
+    message = cut(verdict.message)
     ready = _condition("Ready", verdict.ready, verdict.reason, message, generation, by_type.get("Ready"), now)
     reconciling = _condition(
         "Reconciling",

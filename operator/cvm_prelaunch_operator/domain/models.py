@@ -62,10 +62,20 @@ class UpdateAccepted:
 class Operation:
     correlation_id: str
     operation_type: str | None
-    status: OperationStatus
+    status: OperationStatus  # what it means to the operator
     error_message: str | None = None
     started_at: str | None = None
     completed_at: str | None = None
+    reported_status: str | None = (
+        None  # the server's word, verbatim (it may be one the operator does not know)
+    )
+
+    @property
+    def status_is_known(self) -> bool:
+        return self.status != "in_progress" or (self.reported_status or "").strip().lower() in KNOWN_RUNNING
+
+
+KNOWN_RUNNING = frozenset({"in_progress", "pending", "running", "queued", "started", "processing"})
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ class Reason(StrEnum):
     PROGRESSING = "Progressing"
     UPLOADING = "Uploading"
     REGISTERING_ON_CHAIN = "RegisteringOnChain"
+    AWAITING_CONFIRMATIONS = "AwaitingConfirmations"
+    FEE_CEILING_REACHED = "FeeCeilingReached"  # waiting for fees to fit under the user's ceiling
     APPLYING = "Applying"
     # The cluster.
     KUBERNETES_API_ERROR = "KubernetesApiError"
@@ -33,6 +35,7 @@ class Reason(StrEnum):
     REMOTE_REJECTED = "RemoteRejected"
     REMOTE_UNAVAILABLE = "RemoteUnavailable"
     APPLY_FAILED = "ApplyFailed"
+    OPERATION_TIMED_OUT = "OperationTimedOut"
     COMPOSE_HASH_MISMATCH = "ComposeHashMismatch"
     COMPOSE_HASH_NOT_ALLOWED = "ComposeHashNotAllowed"
     REGISTRATION_REJECTED = "RegistrationRejected"
@@ -42,4 +45,6 @@ class Reason(StrEnum):
     WRONG_CHAIN = "WrongChain"
     DEVICE_NOT_ALLOWED = "DeviceNotAllowed"
     TRANSACTION_FAILED = "TransactionFailed"
+    TRANSACTION_REVERTED = "TransactionReverted"
     CHAIN_UNAVAILABLE = "ChainUnavailable"
+    INSECURE_RPC_URL = "InsecureRpcUrl"

@@ -6,8 +6,10 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from cvm_prelaunch_operator.domain import config
+from cvm_prelaunch_operator.domain.fees import parse_gwei
 from cvm_prelaunch_operator.domain.models import PendingTransaction
 
 GROUP = "cloud.phala.com"
@@ -21,9 +23,10 @@ ANNOTATION_TRANSACTION_HASH = f"{GROUP}/transaction-hash"
 
 Approval = Literal["Automatic", "Manual"]
 DriftPolicy = Literal["Correct", "Report"]
+ShellcheckLevel = Literal["Off", "Error", "Warning"]
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MIN_DRIFT_CHECK_INTERVAL = 30.0  # also a CEL rule of the CRD: a shorter interval is refused by the API server
+
 _HASH32 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 
@@ -33,18 +36,10 @@ class InvalidSpec(ValueError):
 
 def parse_duration(text: str) -> float:
     """Go-style durations as the CRD accepts them (``10m``, ``1h30m``, ``500ms``, ``0``) in seconds."""
-    text = text.strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise InvalidSpec(f"invalid duration {text!r}: use forms like 30s, 10m, 1h30m or 0s")
-    return total
+    try:
+        return config.parse_duration(text)
+    except ValueError as exc:
+        raise InvalidSpec(str(exc)) from None
 
 
 def normalise_hash(value: str) -> str:
@@ -78,6 +73,7 @@ class OnChainSpec:
     confirmations: int = 1
     approval: Approval = "Automatic"
     verify_compose_hash: bool = True
+    max_fee_per_gas: int | None = None  # wei; None: the operator's default ceiling
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> OnChainSpec:
@@ -100,6 +96,11 @@ class OnChainSpec:
         approval = raw.get("approval", "Automatic")
         if approval not in ("Automatic", "Manual"):
             raise InvalidSpec("onChain.approval must be Automatic or Manual")
+        max_fee_text = raw.get("maxFeePerGas")
+        try:
+            max_fee = parse_gwei(str(max_fee_text)) if max_fee_text not in (None, "") else None
+        except ValueError as exc:
+            raise InvalidSpec(f"onChain.maxFeePerGas: {exc}") from None
         return cls(
             rpc_url=str(rpc_url) if rpc_url else None,
             rpc_url_secret=rpc_secret,
@@ -107,6 +108,7 @@ class OnChainSpec:
             confirmations=confirmations,
             approval=approval,
             verify_compose_hash=bool(raw.get("verifyComposeHash", True)),
+            max_fee_per_gas=max_fee,
         )
 
 
@@ -119,6 +121,7 @@ class Spec:
     suspend: bool = False
     drift_policy: DriftPolicy = "Correct"
     drift_check_interval: float = 600.0
+    shellcheck: ShellcheckLevel = "Off"
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Spec:
@@ -129,6 +132,13 @@ class Spec:
         if drift_policy not in ("Correct", "Report"):
             raise InvalidSpec("spec.driftPolicy must be Correct or Report")
         on_chain_raw = raw.get("onChain")
+        interval = parse_duration(str(raw.get("driftCheckInterval", "10m")))
+        if 0 < interval < MIN_DRIFT_CHECK_INTERVAL:
+            raise InvalidSpec("spec.driftCheckInterval must be 0s (disabled) or at least 30s")
+        script_check = raw.get("scriptCheck") if isinstance(raw.get("scriptCheck"), Mapping) else {}
+        shellcheck = str((script_check or {}).get("shellcheck", "Off"))
+        if shellcheck not in ("Off", "Error", "Warning"):
+            raise InvalidSpec("spec.scriptCheck.shellcheck must be Off, Error or Warning")
         return cls(
             cvm_id=cvm_id,
             script_ref=KeyRef.parse(raw.get("scriptRef"), "spec.scriptRef"),
@@ -136,7 +146,8 @@ class Spec:
             on_chain=OnChainSpec.parse(on_chain_raw) if isinstance(on_chain_raw, Mapping) else None,
             suspend=bool(raw.get("suspend", False)),
             drift_policy=drift_policy,
-            drift_check_interval=parse_duration(str(raw.get("driftCheckInterval", "10m"))),
+            drift_check_interval=interval,
+            shellcheck=cast(ShellcheckLevel, shellcheck),
         )
 
     def secret_refs(self) -> list[KeyRef]:

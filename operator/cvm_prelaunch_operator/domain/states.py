@@ -183,7 +183,7 @@ def _fees_out(fees: Fees) -> dict[str, Any]:
     }
 
 
-def _version_out(version: TxVersion) -> dict[str, Any]:
+def version_to_status(version: TxVersion) -> dict[str, Any]:
     return {
         "txHash": version.tx_hash,
         "rawTransaction": version.raw,
@@ -245,7 +245,7 @@ def to_status(state: State) -> dict[str, Any]:
         case Registering(start_block=start_block, versions=versions, underpriced_since=underpriced):
             out.update(
                 startBlock=start_block,
-                transactions=[_version_out(v) for v in versions] or None,
+                transactions=[version_to_status(v) for v in versions] or None,
                 underpricedSince=underpriced,
             )
         case AwaitingConfirmations():
@@ -253,7 +253,7 @@ def to_status(state: State) -> dict[str, Any]:
                 transactionHash=state.tx_hash,
                 blockNumber=state.block_number,
                 blockHash=state.block_hash,
-                transactions=[_version_out(v) for v in state.versions] or None,
+                transactions=[version_to_status(v) for v in state.versions] or None,
                 startBlock=state.start_block,
                 external=state.external or None,
                 reused=state.reused or None,
@@ -276,11 +276,23 @@ def to_status(state: State) -> dict[str, Any]:
 
 
 class CorruptState(ValueError):
-    """``status.inFlight`` cannot be read back; carries what could be saved of it."""
+    """``status.inFlight`` cannot be read back; carries what could be saved of it: the transactions it
+    held, and where they were sent (when readable)."""
 
-    def __init__(self, message: str, versions: tuple[TxVersion, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        versions: tuple[TxVersion, ...] = (),
+        *,
+        chain_id: int | None = None,
+        app_contract: str | None = None,
+        compose_hash: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.versions = versions
+        self.chain_id = chain_id
+        self.app_contract = app_contract
+        self.compose_hash = compose_hash
 
 
 def _int(raw: Mapping[str, Any], name: str) -> int | None:
@@ -302,7 +314,7 @@ def _fees_in(raw: Mapping[str, Any]) -> Fees:
     )
 
 
-def _version_in(raw: Mapping[str, Any]) -> TxVersion:
+def version_from_status(raw: Mapping[str, Any]) -> TxVersion:
     return TxVersion(
         tx_hash=str(raw["txHash"]),
         raw=str(raw["rawTransaction"]),
@@ -337,15 +349,26 @@ def from_status(raw: Mapping[str, Any] | None, *, now: float, default_cvm_id: st
         versions: list[TxVersion] = []
         for item in raw.get("transactions") or []:
             try:
-                versions.append(_version_in(item))
+                versions.append(version_from_status(item))
             except (KeyError, TypeError, ValueError):
                 continue
         legacy = raw.get("pendingTransaction")
         if isinstance(legacy, Mapping):
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 versions.append(_legacy_version(legacy))
+        legacy_map = legacy if isinstance(legacy, Mapping) else {}
+        try:
+            chain_id = int(raw.get("chainId") or legacy_map.get("chainId"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            chain_id = None
+        contract = raw.get("appContract") or legacy_map.get("appContract")
+        compose = raw.get("composeHash") or legacy_map.get("composeHash")
         raise CorruptState(
-            f"status.inFlight cannot be read ({type(exc).__name__}: {exc})", tuple(versions)
+            f"status.inFlight cannot be read ({type(exc).__name__}: {exc})",
+            tuple(versions),
+            chain_id=chain_id,
+            app_contract=str(contract) if contract else None,
+            compose_hash=str(compose) if compose else None,
         ) from None
 
 
@@ -367,7 +390,7 @@ def _from_status(raw: Mapping[str, Any], *, now: float, default_cvm_id: str) -> 
             signer=raw.get("signer"),
             device_id=raw.get("deviceId"),
         )
-    versions = tuple(_version_in(v) for v in raw.get("transactions") or [])
+    versions = tuple(version_from_status(v) for v in raw.get("transactions") or [])
     legacy = raw.get("pendingTransaction")
     if isinstance(legacy, Mapping) and not versions:
         versions = (_legacy_version(legacy),)

@@ -193,6 +193,7 @@ def parse_operation(document: object, endpoint: str) -> Operation:
         error_message=_text(body, "error_message", endpoint),
         started_at=_text(body, "started_at", endpoint),
         completed_at=_text(body, "completed_at", endpoint),
+        reported_status=_text(body, "status", endpoint),
     )
 
 

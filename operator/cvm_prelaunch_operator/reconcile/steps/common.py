@@ -1,0 +1,205 @@
+"""Pieces several steps share: how a sync ends, how an accepted update is followed, how long to wait
+for a block, and what the chain says about a registration transaction."""
+
+from __future__ import annotations
+
+from cvm_prelaunch_operator.domain.chain import (
+    OWNABLE_UNAUTHORIZED_ACCOUNT_SELECTOR,
+    Receipt,
+    Tracking,
+    hex32,
+    revert_selector,
+    same_address,
+)
+from cvm_prelaunch_operator.domain.conditions import Verdict
+from cvm_prelaunch_operator.domain.errors import Permanent
+from cvm_prelaunch_operator.domain.models import CvmInfo, UpdateAccepted
+from cvm_prelaunch_operator.domain.reasons import Reason
+from cvm_prelaunch_operator.domain.resource import normalise_hash
+from cvm_prelaunch_operator.domain.states import ChainTarget, Following, SyncTarget
+from cvm_prelaunch_operator.domain.status import Applied, KnownRegistration, SourceRef, StatusPatch, remember
+from cvm_prelaunch_operator.domain.text import NODE_TEXT_LIMIT, cut
+from cvm_prelaunch_operator.reconcile.context import Event, StepContext, Transition
+
+
+def short(sha256: str) -> str:
+    return sha256[:12]
+
+
+def synced(
+    ctx: StepContext,
+    target: SyncTarget,
+    *,
+    cvm: CvmInfo | None,
+    correlation_id: str | None,
+    chain: ChainTarget | None = None,
+    transaction_hash: str | None = None,
+    how: str = "runs the new script",
+) -> Transition:
+    """The CVM runs the target script: the sync is over."""
+    compose_hash = (cvm.compose_hash if cvm is not None else None) or (chain.compose_hash if chain else None)
+    compose_text = normalise_hash(compose_hash) if compose_hash else None
+    now = ctx.now
+    applied = Applied(
+        script_sha256=target.script_sha256,
+        cvm_id=target.cvm_id,
+        source=SourceRef(
+            config_map_name=ctx.source.config_map_name,
+            uid=ctx.source.uid,
+            resource_version=target.config_map_version or ctx.source.resource_version,
+        ),
+        compose_hash=compose_text,
+        transaction_hash=transaction_hash,
+        correlation_id=correlation_id,
+        chain_id=chain.chain_id if chain else (cvm.chain_id if cvm is not None else None),
+        app_contract=chain.app_contract if chain else None,
+        at=now,
+    )
+    message = f"Script sha256 {short(target.script_sha256)} applied to CVM {target.cvm_id}"
+    interval = ctx.spec.drift_check_interval
+    stale = target.script_sha256 != ctx.desired_sha256
+    return Transition(
+        state=None,
+        verdict=Verdict("Synced", Reason.SYNCED, message),
+        status=StatusPatch(applied=applied, last_drift_check_at=now, last_drift_check_error=None),
+        events=(
+            Event(
+                "Normal",
+                "Applied",
+                f"CVM {target.cvm_id} {how} (compose hash {compose_text})"
+                if compose_text
+                else f"CVM {target.cvm_id} {how}",
+            ),
+        ),
+        then="continue" if stale else "wait",
+        requeue_after=None if stale else (interval if interval > 0 else None),
+    )
+
+
+def accepted(
+    ctx: StepContext,
+    target: SyncTarget,
+    update: UpdateAccepted,
+    *,
+    chain: ChainTarget | None = None,
+    transaction_hash: str | None = None,
+) -> Transition:
+    """Phala Cloud accepted the update: follow it. Lazy: a restart that lost this state finds the
+    operation running (the Uploading/Applying steps look before they send), so the first poll of the
+    operation, in the same pass, may write the outcome instead."""
+    following = Following(
+        target,
+        correlation_id=update.correlation_id,
+        accepted_at=ctx.now,
+        chain=chain,
+        transaction_hash=transaction_hash,
+    )
+    return Transition(
+        state=following,
+        verdict=Verdict(
+            "Applying", Reason.APPLYING, f"Phala Cloud accepted the update ({update.correlation_id})"
+        ),
+        status=StatusPatch(correlation_id=update.correlation_id),
+        events=(
+            Event("Normal", "UpdateAccepted", f"Update accepted, correlation id {update.correlation_id}"),
+        ),
+        then="continue",
+        lazy=True,
+    )
+
+
+def adopt_running(
+    ctx: StepContext, target: SyncTarget, cvm: CvmInfo, chain: ChainTarget | None
+) -> Transition:
+    """An update found running on the CVM after a restart: follow it instead of sending another."""
+    assert cvm.progress_correlation_id is not None
+    following = Following(
+        target,
+        correlation_id=cvm.progress_correlation_id,
+        accepted_at=ctx.now,
+        adopted=True,
+        chain=chain,
+    )
+    return Transition(
+        state=following,
+        verdict=Verdict(
+            "Applying", Reason.APPLYING, f"Following update {cvm.progress_correlation_id} found running"
+        ),
+        status=StatusPatch(correlation_id=cvm.progress_correlation_id),
+        then="continue",
+    )
+
+
+def runs_script(cvm: CvmInfo, script_sha256: str) -> bool | None:
+    """Whether the CVM's reported script hash is this script's (None when it reports none)."""
+    reported = cvm.pre_launch_script_hash
+    if not reported:
+        return None
+    return reported.strip().lower().removeprefix("0x") == script_sha256.lower()
+
+
+def seconds_to_next_block(ctx: StepContext, chain_id: int, *, first_look: bool = False) -> float:
+    clock = ctx.block_clock(chain_id)
+    return ctx.policy.block_wait(clock.seconds_to_next_block(ctx.now), first_look=first_look)
+
+
+def observe_head(ctx: StepContext, chain_id: int, tracking_or_head: Tracking) -> None:
+    ctx.block_clock(chain_id).observe(tracking_or_head.head, ctx.now)
+
+
+def check_chain(observed: int, chain: ChainTarget, endpoint_note: str = "") -> None:
+    """The RPC must serve the chain the state was made for."""
+    if observed != chain.chain_id:
+        raise Permanent(
+            f"the chain RPC serves chain {observed}, but this registration belongs to chain {chain.chain_id} "
+            f"(app contract {chain.app_contract}){endpoint_note}: point spec.onChain at the CVM's chain",
+            reason=Reason.WRONG_CHAIN,
+        )
+
+
+def registration_problem(receipt: Receipt, chain: ChainTarget) -> str | None:
+    """Why a mined receipt does not register the chain target's hash (None: it does)."""
+    if not receipt.succeeded:
+        return "reverted"
+    if not same_address(receipt.to, chain.app_contract):
+        return f"was sent to {receipt.to}, not to app contract {chain.app_contract}"
+    if not receipt.logs_compose_hash(chain.app_contract, chain.compose_hash_hex):
+        return (
+            f"carries no ComposeHashAdded({chain.compose_hash_hex}) log from app contract "
+            f"{chain.app_contract}"
+        )
+    return None
+
+
+def revert_reason(revert_data: str | None) -> tuple[Reason, str]:
+    """The cause of a revert, from its data."""
+    if revert_selector(revert_data) == OWNABLE_UNAUTHORIZED_ACCOUNT_SELECTOR:
+        return (
+            Reason.NOT_CONTRACT_OWNER,
+            "the signer is not the contract's owner (OwnableUnauthorizedAccount)",
+        )
+    data = cut(revert_data or "0x", NODE_TEXT_LIMIT)
+    return Reason.TRANSACTION_REVERTED, f"revert data {data}"
+
+
+def remembered(ctx: StepContext, chain: ChainTarget, tx_hash: str, block_number: int) -> StatusPatch:
+    """``status.registrations`` with this registration first."""
+    return StatusPatch(
+        registrations=remember(
+            ctx.status.registrations,
+            KnownRegistration(
+                compose_hash=chain.compose_hash_hex,
+                transaction_hash=tx_hash,
+                block_number=block_number,
+                chain_id=chain.chain_id,
+                app_contract=chain.app_contract,
+            ),
+        )
+    )
+
+
+def same_hash(a: str, b: str) -> bool:
+    try:
+        return hex32(a) == hex32(b)
+    except ValueError:
+        return False
