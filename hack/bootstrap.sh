@@ -28,4 +28,5 @@ if ! bin_dir="$(K8S_QUIET=1 bash hack/build-k8s.sh --check 2>/dev/null)"; then
   echo ">> building kube-apiserver and kubectl from k8s.io/kubernetes (cold: ~6 min, then cached)"
   bin_dir="$(bash hack/build-k8s.sh)"
 fi
+echo ">> promtool (deploy/monitoring tests): $(bash hack/build-promtool.sh)"  # cold: ~2 min, then cached
 echo ">> ready: kube binaries in $bin_dir"
