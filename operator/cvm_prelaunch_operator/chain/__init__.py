@@ -1,4 +1,5 @@
-"""The chain adapter: registers compose hashes on a dstack app contract with web3.py."""
+"""The chain adapter: JSON-RPC questions (``rpc``) and local signing (``signer``) for the reconcile
+core; the procedural registrar (``registrar``) until the typed-state core replaces it."""
 
 from cvm_prelaunch_operator.chain.registrar import (
     ChainTransaction,
@@ -7,5 +8,17 @@ from cvm_prelaunch_operator.chain.registrar import (
     SignerLocks,
     Web3Registrar,
 )
+from cvm_prelaunch_operator.chain.rpc import ChainRpcSettings, JsonRpcChainClient, Web3ChainConnector
+from cvm_prelaunch_operator.chain.signer import EthAccountSigner
 
-__all__ = ["ChainTransaction", "Preflight", "RegistrarSettings", "SignerLocks", "Web3Registrar"]
+__all__ = [
+    "ChainRpcSettings",
+    "ChainTransaction",
+    "EthAccountSigner",
+    "JsonRpcChainClient",
+    "Preflight",
+    "RegistrarSettings",
+    "SignerLocks",
+    "Web3ChainConnector",
+    "Web3Registrar",
+]
