@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -9,13 +11,16 @@ import kopf
 from cvm_prelaunch_operator.domain.resource import GROUP, PLURAL, VERSION
 from cvm_prelaunch_operator.handlers.runtime import Runtime
 
-# The initial listing of ConfigMaps and Secrets comes in pages, so thousands of unrelated objects
+# The initial listing of ConfigMaps comes in pages, so thousands of unrelated objects
 # never sit in memory at once.
 LIST_CHUNK_SIZE = 250
 WORKER_IDLE_SECONDS = 0.2
 
 
-def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+def build_registry(
+    runtime: Runtime, *, on_started: Callable[[], None] | None = None
+) -> kopf.OperatorRegistry:
+    """``on_started`` runs on the event loop once kopf has set itself up (its signal handlers included)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -39,6 +44,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         # none of them referenced) in memory at the same time.
         settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
 
+    @kopf.on.startup(registry=registry)
+    async def started(**_: Any) -> None:
+        # Async, so it runs on the loop's thread (kopf runs sync handlers in an executor), and a loop
+        # turn later than kopf's own start-up, which installs its signal handlers.
+        await asyncio.sleep(0)
+        if on_started is not None:
+            on_started()
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def resource_event(*, type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         runtime.on_resource((namespace or "", name), None if type == "DELETED" else body)
@@ -47,11 +60,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def configmap_event(*, type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         runtime.on_configmap((namespace or "", name), None if type == "DELETED" else body)
 
-    # Secrets are watched (list/watch RBAC) only to react when an API key, RPC URL or signer key
-    # changes; their values are read with a GET when a reconcile needs them and never cached.
-    @kopf.on.event("", "v1", "secrets", registry=registry)
-    def secret_event(*, type: str, meta: kopf.Meta, namespace: str | None, name: str, **_: Any) -> None:
-        version = None if type == "DELETED" else str(meta.get("resourceVersion"))
-        runtime.on_secret((namespace or "", name), version)
+    # Secrets are not watched through kopf, which would stream every Secret's values into the process:
+    # kube.watch follows them metadata-only (see cli).
 
     return registry

@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cvm_prelaunch_operator.domain.errors import NotLeader
 from cvm_prelaunch_operator.domain.resource import Spec
+from cvm_prelaunch_operator.domain.text import parse_time
 from cvm_prelaunch_operator.kube.cluster import Cluster, ObjectKey
 from cvm_prelaunch_operator.reconcile.ports import StatusConflict
 from cvm_prelaunch_operator.reconcile.sync import Reconciler
@@ -73,6 +75,10 @@ class ReferenceIndex:
     def by_secret(self, key: ObjectKey) -> frozenset[ObjectKey]:
         return frozenset(self._by_secret.get(key, ()))
 
+    def secrets(self) -> frozenset[ObjectKey]:
+        """Every Secret some resource references."""
+        return frozenset(self._by_secret)
+
     def __len__(self) -> int:
         return len(self._by_resource)
 
@@ -88,15 +94,48 @@ def _discard(index: dict[ObjectKey, set[ObjectKey]], key: ObjectKey, resource: O
 ReconcileObserver = Callable[[str, float], None]  # (result, seconds)
 
 
-def ready_state(body: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(status, reason) of the Ready condition and the phase, as the watched body shows them."""
-    status = body.get("status") or {}
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None) or {}
-    return (
-        str(ready.get("status") or "Unknown"),
-        str(ready.get("reason") or "None"),
-        str(status.get("phase") or "None"),
+@dataclass(frozen=True)
+class ResourceSummary:
+    """What the metrics need of one watched resource, read from its last watched body (the metrics'
+    ``ResourceView``)."""
+
+    namespace: str
+    name: str
+    ready_status: str  # True, False or Unknown
+    ready_reason: str  # "None" before the first status write
+    phase: str  # "None" before the first status write
+    stalled: bool
+    last_sync_time: float | None
+    pending_approval: bool
+    pending_since: float | None
+
+
+def summarize(key: ObjectKey, body: Mapping[str, Any]) -> ResourceSummary:
+    """The summary of a watched body, tolerant of any shape a status may have."""
+    status = _mapping(body.get("status"))
+    conditions = status.get("conditions")
+    by_type = (
+        {c.get("type"): c for c in conditions if isinstance(c, Mapping)}
+        if isinstance(conditions, list)
+        else {}
     )
+    ready = _mapping(by_type.get("Ready"))
+    pending = status.get("pendingApproval")
+    return ResourceSummary(
+        namespace=key[0],
+        name=key[1],
+        ready_status=str(ready.get("status") or "Unknown"),
+        ready_reason=str(ready.get("reason") or "None"),
+        phase=str(status.get("phase") or "None"),
+        stalled=_mapping(by_type.get("Stalled")).get("status") == "True",
+        last_sync_time=parse_time(status.get("lastSyncTime")),
+        pending_approval=bool(pending),
+        pending_since=parse_time(pending.get("since")) if isinstance(pending, Mapping) else None,
+    )
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 class Runtime:
@@ -107,14 +146,39 @@ class Runtime:
         *,
         workers: int,
         observer: ReconcileObserver | None = None,
+        active: bool = True,
     ) -> None:
         self.cluster = cluster
         self.reconciler = reconciler
         self.index = ReferenceIndex()
         self.queue: WorkQueue[ObjectKey] = WorkQueue(self._reconcile, workers=workers)
         self._observer = observer
-        # Ready condition and phase of every watched resource, for the metrics gauge at scrape time.
-        self.ready_states: dict[ObjectKey, tuple[str, str, str]] = {}
+        # A standby (not the leader) keeps its index and caches warm from the watches but parks the
+        # keys that would need a pass; they are all handed to the queue when it becomes the leader,
+        # so every resource is looked at once by the new leader.
+        self.active = active
+        self._parked: set[ObjectKey] = set()
+        # A summary of every watched resource, for the metrics at scrape time.
+        self.ready_states: dict[ObjectKey, ResourceSummary] = {}
+
+    # -- leadership ---------------------------------------------------------------------------------
+
+    def activate(self) -> None:
+        """This process leads now: every resource seen so far gets a pass."""
+        self.active = True
+        parked, self._parked = self._parked, set()
+        for key in parked:
+            self.queue.add(key)
+
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
+
+    def _enqueue(self, key: ObjectKey) -> None:
+        if self.active:
+            self.queue.add(key)
+        else:
+            self._parked.add(key)
 
     # -- watch events -----------------------------------------------------------------------------
 
@@ -123,10 +187,11 @@ class Runtime:
             self.ready_states.pop(key, None)
             old = self.index.remove(key)
             self.queue.forget(key)
+            self._parked.discard(key)
             if old is not None:
                 self._drop_unreferenced(key[0], old)
             return
-        self.ready_states[key] = ready_state(body)
+        self.ready_states[key] = summarize(key, body)
         old = self.index.remove(key)
         self.index.update(key, references_of(body.get("spec") or {}))
         if old is not None:
@@ -134,7 +199,7 @@ class Runtime:
         version = str((body.get("metadata") or {}).get("resourceVersion", ""))
         if self.cluster.wrote(key, version):
             return  # the echo of our own status write: the pass that wrote it has planned what follows
-        self.queue.add(key)
+        self._enqueue(key)
 
     def on_configmap(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:
         users = self.index.by_configmap(key)
@@ -142,15 +207,25 @@ class Runtime:
             return  # unreferenced: keep nothing of it
         self.cluster.observe_configmap(key, body)
         for resource in users:
-            self.queue.add(resource)
+            self._enqueue(resource)
 
     def on_secret(self, key: ObjectKey, resource_version: str | None) -> None:
         users = self.index.by_secret(key)
         if not users:
             return
+        if self.cluster.known_secret_version(key) == resource_version:
+            return  # a relisting repeating what we know: nothing changed
         self.cluster.observe_secret(key, resource_version)
+        # The core may cache clients built from a Secret's value (an RPC URL): they are stale now.
+        secret_changed = getattr(self.reconciler, "secret_changed", None)
+        if callable(secret_changed):
+            secret_changed(*key)
         for resource in users:
-            self.queue.add(resource)
+            self._enqueue(resource)
+
+    def secret_sink(self, namespace: str | None) -> SecretSink:
+        """The receiver of a metadata-only Secret watch over ``namespace`` (None: every namespace)."""
+        return SecretSink(self, namespace)
 
     def _drop_unreferenced(self, namespace: str, old: Any) -> None:
         if old.config_map and not self.index.by_configmap((namespace, old.config_map)):
@@ -176,9 +251,47 @@ class Runtime:
             result = "conflict"
             logger.debug("%s/%s: %s; re-planning", key[0], key[1], exc)
             return 0.0
+        except NotLeader as exc:
+            # Leadership ended mid-pass: stop here without any further write; whichever process
+            # leads next reconciles every resource from its status.
+            result = "not-leader"
+            logger.info("%s/%s: pass stopped: %s", key[0], key[1], exc)
+            return None
         except Exception as exc:  # a Kubernetes read failed, or a bug: back off, keep the worker
             logger.warning("%s/%s: reconcile failed: %s", key[0], key[1], exc)
             return 5.0
         finally:
             if self._observer is not None:
                 self._observer(result, time.monotonic() - started)
+
+
+class SecretSink:
+    """Feeds a metadata-only Secret watch into the runtime: only referenced Secrets matter, and only
+    their resourceVersion (values are read with a GET when a pass needs them)."""
+
+    def __init__(self, runtime: Runtime, namespace: str | None) -> None:
+        self._runtime = runtime
+        self._namespace = namespace
+        self._listed: set[ObjectKey] | None = None  # referenced Secrets a listing announced so far
+
+    def relisting(self) -> None:
+        self._listed = set()
+
+    def event(self, type_: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if not self._runtime.index.by_secret(key):
+            return
+        if self._listed is not None:
+            self._listed.add(key)
+        version = None if type_ == "DELETED" else str(meta.get("resourceVersion") or "")
+        self._runtime.on_secret(key, version)
+
+    def relisted(self) -> None:
+        """Referenced Secrets the listing did not announce were deleted while no watch was open."""
+        listed, self._listed = self._listed or set(), None
+        for key in self._runtime.index.secrets():
+            if self._namespace is not None and key[0] != self._namespace:
+                continue
+            if key not in listed and self._runtime.cluster.known_secret_version(key) is not None:
+                self._runtime.on_secret(key, None)

@@ -1,7 +1,9 @@
 """Kubernetes access for the reconciler: fresh reads, guarded status writes, events, and caches of
 the ConfigMaps and Secrets that resources reference (fed by the watches, never of unreferenced ones).
 
-The official client is synchronous; calls run in worker threads so the event loop stays free.
+Every call goes through the asyncio client of ``kube.client`` (raw JSON, one connection pool). Writes
+(status patches, Events) pass the leadership ``Fence`` first: a process that is not the leader, or
+no longer sure it is, writes nothing.
 """
 
 from __future__ import annotations
@@ -17,33 +19,33 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
-
-from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater
+from cvm_prelaunch_operator.domain.errors import NotLeader, Permanent, RetryLater
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.resource import GROUP, KIND, PLURAL, VERSION, ResourceSnapshot
 from cvm_prelaunch_operator.domain.secrets import Secret
-from cvm_prelaunch_operator.reconcile.ports import ScriptSource, StatusConflict
+from cvm_prelaunch_operator.kube.client import MERGE_PATCH, KubeApiError, KubeClient
+from cvm_prelaunch_operator.reconcile.ports import AlwaysLeader, Fence, ScriptSource, StatusConflict
 
 logger = logging.getLogger(__name__)
 
 REPORTING_COMPONENT = "cvm-prelaunch-operator"
-MERGE_PATCH = "application/merge-patch+json"
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 
 WRITES_REMEMBERED = 8  # a pass writes status a handful of times; their echoes arrive after
+# Events are posted in the background; if the API server falls behind, at most this many wait, and
+# newer ones are dropped (status, not Events, is the record of truth).
+MAX_PENDING_EVENTS = 256
+EVENT_FLUSH_SECONDS = 1.0
 
 
-def load_api_client() -> k8s.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
-    try:
-        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
-    return k8s.ApiClient()
+def resource_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+
+
+def core_path(namespace: str, plural: str, name: str | None = None) -> str:
+    base = f"/api/v1/namespaces/{namespace}/{plural}"
+    return f"{base}/{name}" if name else base
 
 
 @dataclass(frozen=True)
@@ -54,24 +56,18 @@ class CachedConfigMap:
     binary_data: Mapping[str, str]
 
 
-def _is_missing(exc: ApiException) -> bool:
-    return bool(exc.status == 404)
-
-
-def _transient(what: str, exc: ApiException) -> RetryLater:
-    return RetryLater(
-        f"Kubernetes API error while {what}: HTTP {exc.status} {exc.reason}",
-        reason=Reason.KUBERNETES_API_ERROR,
-    )
+def _transient(what: str, exc: KubeApiError) -> RetryLater:
+    answer = f"HTTP {exc.status} {exc.reason}" if exc.status is not None else f"no answer ({exc.reason})"
+    return RetryLater(f"Kubernetes API error while {what}: {answer}", reason=Reason.KUBERNETES_API_ERROR)
 
 
 class Cluster:
     """One per operator process."""
 
-    def __init__(self, api: k8s.ApiClient) -> None:
-        self._api = api
-        self._core = k8s.CoreV1Api(api)
-        self._custom = k8s.CustomObjectsApi(api)
+    def __init__(self, client: KubeClient, *, fence: Fence | None = None) -> None:
+        self._client = client
+        self._fence: Fence = fence or AlwaysLeader()
+        self.events_dropped = 0
         self._configmaps: dict[ObjectKey, CachedConfigMap | None] = {}
         # resourceVersions our own status writes produced, so their watch events are not new work.
         self._written: dict[ObjectKey, deque[str]] = {}
@@ -94,6 +90,10 @@ class Cluster:
 
     def observe_secret(self, key: ObjectKey, resource_version: str | None) -> None:
         self._secret_versions[key] = resource_version
+
+    def known_secret_version(self, key: ObjectKey) -> str | None:
+        """The Secret's resourceVersion as last seen (None: absent, or not known)."""
+        return self._secret_versions.get(key)
 
     def forget_configmap(self, key: ObjectKey) -> None:
         self._configmaps.pop(key, None)
@@ -119,40 +119,33 @@ class Cluster:
         """A fresh (quorum) read: every reconcile pass starts from the latest state, never from a
         watch event that may predate our own last write."""
         try:
-            body = await asyncio.to_thread(
-                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-            )
-        except ApiException as exc:
-            if _is_missing(exc):
-                return None
+            body = await self._client.get(resource_path(namespace, name), resource=PLURAL)
+        except KubeApiError as exc:
             raise _transient(f"reading {namespace}/{name}", exc) from None
-        return snapshot_of(cast(Mapping[str, Any], body))
+        return None if body is None else snapshot_of(cast(Mapping[str, Any], body))
 
     async def configmap(self, namespace: str, name: str) -> CachedConfigMap | None:
         key = (namespace, name)
         if key in self._configmaps:
             return self._configmaps[key]
         try:
-            body = await asyncio.to_thread(self._core.read_namespaced_config_map, name, namespace)
-        except ApiException as exc:
-            if _is_missing(exc):
-                self._configmaps[key] = None
-                return None
+            body = await self._client.get(core_path(namespace, "configmaps", name), resource="configmaps")
+        except KubeApiError as exc:
             raise _transient(f"reading ConfigMap {namespace}/{name}", exc) from None
-        self.observe_configmap(key, self._api.sanitize_for_serialization(body))  # type: ignore[no-untyped-call]
+        self.observe_configmap(key, body)
         return self._configmaps[key]
 
     async def secret(self, namespace: str, name: str) -> tuple[str, Mapping[str, str]] | None:
         """(resourceVersion, base64 data) of a Secret, read fresh; values are not cached."""
         try:
-            body = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
-            if _is_missing(exc):
-                return None
+            body = await self._client.get(core_path(namespace, "secrets", name), resource="secrets")
+        except KubeApiError as exc:
             raise _transient(f"reading Secret {namespace}/{name}", exc) from None
-        rv = str(body.metadata.resource_version or "") if body.metadata else ""
+        if body is None:
+            return None
+        rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
         self._secret_versions[(namespace, name)] = rv
-        return rv, {k: v if isinstance(v, str) else v.decode() for k, v in (body.data or {}).items()}
+        return rv, {str(k): str(v) for k, v in (body.get("data") or {}).items()}
 
     async def secret_version(self, namespace: str, name: str) -> str | None:
         key = (namespace, name)
@@ -171,30 +164,38 @@ class Cluster:
     ) -> str:
         """Merge-patch the status subresource. The resourceVersion in the body is a precondition:
         the API server refuses the write with 409 if the object changed since."""
+        self._fence.check()
         body = {"metadata": {"resourceVersion": resource_version}, "status": dict(patch)}
         try:
-            result = await asyncio.to_thread(
-                self._custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                body,
-                _content_type=MERGE_PATCH,
+            answer = await self._client.request(
+                "PATCH",
+                resource_path(namespace, name) + "/status",
+                resource=PLURAL + "/status",
+                body=body,
+                content_type=MERGE_PATCH,
             )
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status == 409:
                 raise StatusConflict(f"{namespace}/{name} changed since it was read") from None
-            if _is_missing(exc):
+            if exc.status == 404:
                 raise StatusConflict(f"{namespace}/{name} is gone") from None
             raise _transient(f"writing the status of {namespace}/{name}", exc) from None
-        written = str(cast(Mapping[str, Any], result)["metadata"]["resourceVersion"])
+        written = str(cast(Mapping[str, Any], answer.body)["metadata"]["resourceVersion"])
         self._written.setdefault((namespace, name), deque(maxlen=WRITES_REMEMBERED)).append(written)
         return written
 
     def record_event(self, res: ResourceSnapshot, type_: str, reason: str, message: str) -> None:
         """Post an Event in the background: events are best effort, so a sync never waits for one."""
+        try:
+            self._fence.check()
+        except NotLeader:
+            return
+        if len(self._event_posts) >= MAX_PENDING_EVENTS:
+            self.events_dropped += 1
+            logger.warning(
+                "dropped event %s on %s/%s: too many events pending", reason, res.namespace, res.name
+            )
+            return
         task = asyncio.create_task(self._post_event(res, type_, reason, message), name=f"event-{reason}")
         self._event_posts.add(task)
         task.add_done_callback(self._event_posts.discard)
@@ -225,13 +226,26 @@ class Cluster:
             "reportingInstance": REPORTING_COMPONENT,
         }
         try:
-            # A plain dict is serialised as is; the generated model adds nothing here.
-            await asyncio.to_thread(self._core.create_namespaced_event, res.namespace, cast(Any, body))
-        except ApiException as exc:
+            await self._client.request(
+                "POST", core_path(res.namespace, "events"), resource="events", body=body
+            )
+        except KubeApiError as exc:
             # Events are best effort: status is the record of truth.
             logger.warning(
-                "could not record event %s on %s/%s: HTTP %s", reason, res.namespace, res.name, exc.status
+                "could not record event %s on %s/%s: %s",
+                reason,
+                res.namespace,
+                res.name,
+                f"HTTP {exc.status}" if exc.status is not None else exc.reason,
             )
+
+    async def aclose(self) -> None:
+        """Let Events under way finish for a moment, then drop the rest and close the client."""
+        if self._event_posts:
+            _done, pending = await asyncio.wait(set(self._event_posts), timeout=EVENT_FLUSH_SECONDS)
+            for task in pending:
+                task.cancel()
+        await self._client.aclose()
 
     def io_for(self, res: ResourceSnapshot) -> KubeResourceIO:
         return KubeResourceIO(self, res)
