@@ -115,7 +115,7 @@ class JsonRpcProxy:
         class Handler(_Handler):
             owner = proxy
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _Server(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -348,6 +348,11 @@ class JsonRpcProxy:
         if isinstance(answered, dict):  # the whole batch refused
             return {int(item["id"]): {"error": answered.get("error")} for item in payload}
         return {int(answer["id"]): answer for answer in answered if isinstance(answer.get("id"), int)}
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that went away (a timeout, a cut): nothing to report, and no path to print
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -84,7 +84,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 from eth_utils.address import to_checksum_address
@@ -399,7 +399,7 @@ class JsonRpcChainClient:
     def __init__(self, rpc_url: Secret, settings: ChainRpcSettings, observer: Observer | None) -> None:
         self._url = rpc_url
         self.endpoint = redact_url(rpc_url.reveal())
-        self._redact = Redactor([rpc_url])
+        self._redact = Redactor([rpc_url, *_url_secrets(rpc_url.reveal())])
         self._settings = settings
         self._observer = observer
         self._ids = itertools.count(1)
@@ -933,6 +933,17 @@ class JsonRpcChainClient:
         closing = self.retire()
         if closing is not None:
             await closing
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Parts of a URL a node might echo alone: query values and user info (the Redactor knows the
+    path's segments and the query as a whole)."""
+    try:
+        parts = urlsplit(url)
+        values = [value for _, value in parse_qsl(parts.query)] + [parts.username or "", parts.password or ""]
+    except ValueError:
+        return []
+    return [value for value in values if len(value) >= 8]
 
 
 def _node_error(value: object) -> _NodeError:
