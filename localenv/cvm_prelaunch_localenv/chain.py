@@ -3,6 +3,12 @@
 Used by the tests and the local environment as the stand-in for Ethereum or Base. anvil starts in
 well under a second, so a test may start its own chain when it needs a chain id or a block time of
 its own; most tests share the session chain of ``fixtures.chain``.
+
+Real networks misbehave in ways the operator must survive; :class:`Anvil` plays them on demand
+with thin wrappers over anvil's own RPC methods (checked against anvil 1.7.1): block times
+(:data:`CHAIN_PROFILES`, :meth:`Anvil.set_interval_mining`, :meth:`Anvil.manual_mining`), a node
+forgetting transactions (:meth:`Anvil.drop_transaction`), reorgs (:meth:`Anvil.reorg`,
+:meth:`Anvil.rollback`) and base-fee spikes (:meth:`Anvil.set_next_base_fee`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +51,33 @@ class AnvilRpcError(RuntimeError):
         self.code = error.get("code")
         self.data = error.get("data")
         super().__init__(f"{method}: {error.get('message', error)} (code {self.code})")
+
+
+@dataclass(frozen=True)
+class ChainProfile:
+    """How fast a real network makes blocks, and its chain id, for the local chain to play."""
+
+    name: str
+    chain_id: int
+    block_time: float | None  # None: automine, one block per transaction at once
+    description: str
+
+
+CHAIN_PROFILES: dict[str, ChainProfile] = {
+    profile.name: profile
+    for profile in (
+        ChainProfile("instant", DEFAULT_CHAIN_ID, None, "anvil's chain id, every transaction mined at once"),
+        ChainProfile("base", 8453, 2.0, "Base mainnet's chain id and its 2 s blocks"),
+        ChainProfile("ethereum", 1, 12.0, "Ethereum mainnet's chain id and its 12 s slots"),
+    )
+}
+
+
+def chain_profile(name: str) -> ChainProfile:
+    try:
+        return CHAIN_PROFILES[name]
+    except KeyError:
+        raise ValueError(f"no chain profile {name!r}; known: {', '.join(CHAIN_PROFILES)}") from None
 
 
 @dataclass(frozen=True)
@@ -240,6 +275,89 @@ class Anvil:
         """Return to a snapshot. anvil forgets that snapshot (and later ones) afterwards."""
         if not self._rpc("evm_revert", snapshot_id):
             raise RuntimeError(f"anvil has no snapshot {snapshot_id}")
+
+    # -- playing a real network ----------------------------------------------------------------------
+
+    def set_automine(self, enabled: bool) -> None:
+        """Mine every transaction at once (True), or leave transactions pending until a block is mined
+        by :meth:`mine` or by interval mining (False)."""
+        self._rpc("evm_setAutomine", enabled)
+        if enabled:
+            self._block_time = None
+
+    def set_interval_mining(self, seconds: int) -> None:
+        """A block every ``seconds`` (whole seconds, as anvil's RPC takes them), empty or not; ``0``
+        stops interval mining (then blocks come only from :meth:`mine`, or automine if it is on)."""
+        if seconds < 0:
+            raise ValueError("seconds must be 0 or more")
+        self._rpc("evm_setIntervalMining", seconds)
+        self._block_time = float(seconds) if seconds else None
+
+    @contextmanager
+    def manual_mining(self) -> Iterator[None]:
+        """Transactions wait in the pool until :meth:`mine`; the previous mining mode comes back after."""
+        automine = bool(self._rpc("anvil_getAutomine"))
+        interval = int(self._rpc("anvil_getIntervalMining") or 0)
+        block_time = self._block_time
+        self._rpc("evm_setAutomine", False)
+        self._rpc("evm_setIntervalMining", 0)
+        try:
+            yield
+        finally:
+            if interval:
+                self._rpc("evm_setIntervalMining", interval)
+            self._rpc("evm_setAutomine", automine)
+            self._block_time = block_time
+
+    def txpool_status(self) -> tuple[int, int]:
+        """(pending, queued) transactions in anvil's pool."""
+        status = self._rpc("txpool_status")
+        return int(status["pending"], 16), int(status["queued"], 16)
+
+    def drop_transaction(self, tx_hash: str) -> bool:
+        """Forget a pending transaction, as a node that restarted or evicted it does; True if it was
+        in the pool. Afterwards the node knows nothing of it (``eth_getTransactionByHash`` is null)."""
+        dropped = self._rpc("anvil_dropTransaction", tx_hash)
+        return dropped is not None
+
+    def drop_all_transactions(self) -> None:
+        """Empty the pool."""
+        self._rpc("anvil_dropAllTransactions")
+
+    def reorg(self, depth: int, transactions: Sequence[tuple[str | Mapping[str, Any], int]] = ()) -> None:
+        """Replace the last ``depth`` blocks with as many new ones (``anvil_reorg``): the head keeps its
+        height, every transaction of the old blocks is gone (receipts and all; anvil does not return
+        them to the pool) and the new blocks carry ``transactions``: pairs of a signed transaction
+        (``0x`` hex) or a transaction request (an unlocked dev account's) and the index of the new
+        block (0 is the oldest) it goes in. Re-including a removed transaction moves its receipt."""
+        if not 1 <= depth <= self.block_number():
+            raise ValueError(f"depth must be between 1 and the head's height, not {depth}")
+        pairs: list[list[Any]] = []
+        for tx, index in transactions:
+            if not 0 <= index < depth:
+                raise ValueError(f"block index {index} is not among the {depth} new blocks")
+            pairs.append([tx if isinstance(tx, str) else dict(tx), index])
+        self._rpc("anvil_reorg", depth, pairs)
+
+    def rollback(self, depth: int = 1) -> None:
+        """Remove the last ``depth`` blocks (``anvil_rollback``): the head goes back, and their
+        transactions are gone."""
+        if not 1 <= depth <= self.block_number():
+            raise ValueError(f"depth must be between 1 and the head's height, not {depth}")
+        self._rpc("anvil_rollback", depth)
+
+    def set_next_base_fee(self, wei: int) -> None:
+        """The next block's base fee (a spike, or a fall). anvil 1.7.1 refuses new transactions whose
+        fee cap is below it, and a pending one whose fee cap is below it is not mined: anvil then
+        evicts it from its pool (geth would keep it)."""
+        if wei < 0:
+            raise ValueError("wei must not be negative")
+        self._rpc("anvil_setNextBlockBaseFeePerGas", hex(wei))
+
+    def base_fee(self) -> int:
+        """The latest block's base fee."""
+        block = self._rpc("eth_getBlockByNumber", "latest", False)
+        return int(block["baseFeePerGas"], 16)
 
     def set_block_time(self, seconds: float | None) -> None:
         """Switch to interval mining every ``seconds`` (whole seconds: anvil's RPC takes integers)

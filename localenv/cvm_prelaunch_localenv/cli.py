@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cvm_prelaunch_localenv import scenario
+from cvm_prelaunch_localenv.chain import CHAIN_PROFILES
 from cvm_prelaunch_localenv.env import LocalEnv
 from cvm_prelaunch_localenv.operator_process import OperatorProcess
 
@@ -126,10 +127,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command", choices=["up", "demo"], help="up: run until Ctrl-C; demo: the end-to-end demo"
     )
     parser.add_argument("--work-dir", type=Path, help="keep logs and kubeconfig here (default: a temp dir)")
-    parser.add_argument("--block-time", type=float, default=None, help="anvil block time (default: automine)")
+    parser.add_argument(
+        "--chain-profile",
+        choices=list(CHAIN_PROFILES),
+        default="instant",
+        help="the network anvil plays: "
+        + "; ".join(f"{p.name}: {p.description}" for p in CHAIN_PROFILES.values())
+        + " (default: instant)",
+    )
+    parser.add_argument(
+        "--block-time",
+        type=float,
+        default=None,
+        help="seconds between blocks, overriding the profile's (0: automine)",
+    )
+    parser.add_argument("--chain-id", type=int, default=None, help="chain id, overriding the profile's")
     args = parser.parse_args(argv)
+    if args.block_time is not None and args.block_time < 0:
+        parser.error("--block-time must be 0 (automine) or more seconds")
 
-    env = LocalEnv(args.work_dir, block_time=args.block_time)
+    env = LocalEnv(
+        args.work_dir, chain_profile=args.chain_profile, chain_id=args.chain_id, block_time=args.block_time
+    )
     print("Starting the local environment ...", flush=True)
     try:
         env.start()

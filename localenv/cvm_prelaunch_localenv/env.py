@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cvm_prelaunch_localenv.chain import Anvil
+from cvm_prelaunch_localenv.chain import chain_profile as find_chain_profile
 from cvm_prelaunch_localenv.contracts import AppContract, app_contract_abi, deploy_app_contract
 from cvm_prelaunch_localenv.kube import ControlPlane
 from cvm_prelaunch_localenv.paths import kubectl_bin, repo_root
@@ -18,19 +19,32 @@ CRD_PATH = Path("crds") / "cloud.phala.com_cvmprelaunchscripts.yaml"
 
 
 class LocalEnv:
-    """Starts the parts in parallel where they are independent; stops them all, always."""
+    """Starts the parts in parallel where they are independent; stops them all, always.
+
+    The chain plays a network (``chain_profile``: ``instant``, ``base`` or ``ethereum``, see
+    ``chain.CHAIN_PROFILES``); ``chain_id`` and ``block_time`` override the profile's (a block time of
+    0 means automine).
+    """
 
     def __init__(
         self,
         work_dir: Path | None = None,
         *,
-        chain_id: int = 31337,
+        chain_profile: str = "instant",
+        chain_id: int | None = None,
         block_time: float | None = None,
         operation_seconds: float = 1.0,
     ) -> None:
+        self.chain_profile = find_chain_profile(chain_profile)
+        if block_time is None:
+            block_time = self.chain_profile.block_time
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="cvm-localenv-"))
         self.control_plane = ControlPlane(self.work_dir / "kube")
-        self.anvil = Anvil(chain_id=chain_id, block_time=block_time, log_dir=self.work_dir / "anvil")
+        self.anvil = Anvil(
+            chain_id=chain_id if chain_id is not None else self.chain_profile.chain_id,
+            block_time=block_time or None,
+            log_dir=self.work_dir / "anvil",
+        )
         self.simulator: SimulatorServer | None = None
         self._operation_seconds = operation_seconds
         self.start_seconds: float | None = None
@@ -80,7 +94,7 @@ class LocalEnv:
         lines = [
             f"kube-apiserver  {self.control_plane.server}",
             f"kubeconfig      {self.control_plane.kubeconfig}",
-            f"anvil           {self.anvil.rpc_url} (chain id {self.anvil.chain_id})",
+            f"anvil           {self.anvil.rpc_url} (chain id {self.anvil.chain_id}, {self._blocks()})",
             f"phala simulator {self.sim.base_url} (admin {self.sim.admin_url})",
             f"ready in        {self.start_seconds or 0:.1f}s",
             "",
@@ -89,6 +103,11 @@ class LocalEnv:
             f"  {kubectl_bin()} get cpls -A",
         ]
         return "\n".join(lines)
+
+    def _blocks(self) -> str:
+        block_time = self.anvil.block_time
+        mining = f"a block every {block_time:g} s" if block_time else "automine"
+        return f"profile {self.chain_profile.name}: {mining}"
 
     def stop(self) -> None:
         if self.simulator is not None:
