@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cvm_prelaunch_operator.chain.rpc import ChainRpcSettings
 from cvm_prelaunch_operator.domain.config import from_env, parse_list, setting, settings_table
 from cvm_prelaunch_operator.domain.fees import ChainPolicy
 from cvm_prelaunch_operator.domain.retry import RetryPolicy
@@ -71,7 +72,13 @@ class OperatorSettings:
         return from_env(cls, os.environ if environ is None else environ)
 
 
-SETTINGS_CLASSES: tuple[type[Any], ...] = (OperatorSettings, PhalaCloudSettings, RetryPolicy, ChainPolicy)
+SETTINGS_CLASSES: tuple[type[Any], ...] = (
+    OperatorSettings,
+    PhalaCloudSettings,
+    RetryPolicy,
+    ChainPolicy,
+    ChainRpcSettings,
+)
 
 
 def load(environ: Mapping[str, str] | None = None) -> tuple[OperatorSettings, RetryPolicy, ChainPolicy]:
