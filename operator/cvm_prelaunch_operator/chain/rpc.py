@@ -22,9 +22,13 @@ Each item of a batch answers for itself
     ``survey``: a reverted estimate is ``gas_estimate=None`` with the revert data in
     ``estimate_revert`` (``0x`` when the node gave none); an unsupported or failing
     ``eth_maxPriorityFeePerGas`` or ``eth_gasPrice`` is None. Any other failed item makes the call
-    raise ``RetryLater`` naming the method and quoting the node. ``owner()`` answered with no data
-    (no contract at the address on the RPC's chain) or reverting is ``Permanent`` with
-    ``WrongChain``: the message names the RPC's chain id, so a wrong RPC shows as such.
+    raise ``RetryLater`` naming the method and quoting the node. A view of the contract answered
+    with no data (no contract at the address on the RPC's chain) or reverting is ``Permanent``
+    with ``WrongChain``: the message names the RPC's chain id, so a wrong RPC shows as such. Each
+    item reads ``latest`` on its own: a load-balanced RPC may answer them from heads a block apart.
+    ``track`` keys its mappings by the hashes as the caller wrote them (at most 32 per call).
+    ``compose_hash_logs`` skips pending and removed logs and sorts by block; ``to_block`` should
+    not pass the head (anvil and recent geth refuse such ranges, and the refusal is ``RetryLater``).
 
 Untrusted answers
     A receipt or transaction whose hash is not the one asked for, a sent transaction whose
@@ -33,7 +37,10 @@ Untrusted answers
     naming what was wrong and never treated as "absent", since the core acts on absence (it
     re-broadcasts or replaces). Receipts without a block (a pending receipt of old nodes) are
     absent. Logs are filtered to the contract, the topic, the hash and the range asked for.
-    Bodies larger than ``max_response_bytes`` (4 MiB; decompressed) are refused unread.
+    Bodies larger than ``max_response_bytes`` (4 MiB; decompressed) are refused unread; bodies
+    that are not UTF-8 or nest deeper than about 16 levels are refused before parsing (importing
+    eth_account raises Python's recursion limit to 100,000, and parsing JSON nested that deep
+    kills the process with a C stack overflow instead of raising).
 
 HTTP
     429 raises ``RetryLater`` with ``retry_after`` from ``Retry-After`` (seconds or an HTTP date,
@@ -59,6 +66,8 @@ Clients
     ``connect`` returns the cached client of a URL (at most 64, least recently used evicted) and
     sends nothing. ``forget(url)`` drops and closes one (its Secret changed); ``aclose()`` closes
     all. A dropped client still in use finishes its calls and closes its session after the last.
+    Each client keeps at most 8 connections alive; ``HTTPS_PROXY``/``NO_PROXY`` are honoured, as
+    by the Phala Cloud client.
 
 Malformed arguments (not an address, not a 32-byte hash, an empty log range) are the caller's
 error and raise ``ValueError``. An optional observer is called after every HTTP request with
