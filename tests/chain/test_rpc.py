@@ -16,7 +16,7 @@ from eth_abi.abi import encode as abi_encode
 from web3 import Web3
 
 from cvm_prelaunch_localenv.chain import Anvil, DevAccount
-from cvm_prelaunch_localenv.contracts import AppContract
+from cvm_prelaunch_localenv.contracts import AppContract, deploy_app_contract
 from cvm_prelaunch_localenv.fixtures.chain import AppContractFactory
 from cvm_prelaunch_localenv.rpc_proxy import JsonRpcProxy
 from cvm_prelaunch_operator.chain.rpc import (
@@ -679,3 +679,60 @@ async def test_every_call_is_observed_once_per_http_request(
         ("send", True),
     ]
     assert all(0 <= seconds < 5 for _, seconds, _ in observed)
+
+
+async def test_track_and_logs_follow_the_canonical_chain_through_reorgs_and_drops(own_chain: Anvil) -> None:
+    connector = Web3ChainConnector()
+    client = connector.connect(Secret(own_chain.rpc_url))
+    owner = own_chain.accounts[3]
+    contract = AppContract(
+        address=deploy_app_contract(own_chain.rpc_url, owner.private_key), owner=owner, abi=[]
+    )
+    compose_hash = new_hash()
+    nonce = own_chain.web3().eth.get_transaction_count(owner.address, "pending")
+    signed = SIGNER.sign(
+        owner.private_key,
+        unsigned(own_chain.chain_id, nonce, contract.address, data=add_compose_hash_calldata(compose_hash)),
+    )
+
+    async def logs() -> list[str]:
+        found = await client.compose_hash_logs(
+            contract=contract.address,
+            compose_hash=compose_hash,
+            from_block=0,
+            to_block=own_chain.block_number(),
+        )
+        return [log.block_hash for log in found]
+
+    try:
+        assert await client.send(signed.raw) is SendResult.ACCEPTED
+        own_chain.mine(2)
+        first = (await client.track([signed.tx_hash], sender=owner.address)).receipts[signed.tx_hash]
+        assert first is not None
+        assert await logs() == [first.block_hash]
+
+        own_chain.reorg(3, [(signed.raw, 1)])  # mined again, one block later
+        moved = await client.track([signed.tx_hash], sender=owner.address)
+        receipt = moved.receipts[signed.tx_hash]
+        assert receipt is not None
+        assert receipt.block_number == first.block_number + 1
+        assert receipt.block_hash != first.block_hash
+        assert await logs() == [receipt.block_hash]
+
+        own_chain.reorg(3)  # and gone
+        gone = await client.track([signed.tx_hash], sender=owner.address)
+        assert gone.receipts[signed.tx_hash] is None
+        assert gone.transactions[signed.tx_hash] is None
+        assert gone.mined_nonce == nonce
+        assert await logs() == []
+
+        with own_chain.manual_mining():
+            assert await client.send(signed.raw) is SendResult.ACCEPTED  # the same bytes, still valid
+            assert (await client.track([signed.tx_hash], sender=None)).transactions[
+                signed.tx_hash
+            ] is not None
+            assert own_chain.drop_transaction(signed.tx_hash)
+            dropped = await client.track([signed.tx_hash], sender=owner.address)
+            assert dropped.transactions[signed.tx_hash] is None and dropped.receipts[signed.tx_hash] is None
+    finally:
+        await connector.aclose()
