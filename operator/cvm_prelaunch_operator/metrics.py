@@ -1,8 +1,9 @@
 """Prometheus metrics of the operator, served by prometheus-client on ``METRICS_PORT``.
 
-Only ``cli`` imports this module: the layers below report through plain callbacks (the Phala Cloud
-client's request observer, the reconciler's drift and transaction hooks, the runtime's reconcile
-observer and its map of Ready conditions), so none of them knows Prometheus.
+Only ``cli`` and ``assembly`` import this module: the layers below report through plain callbacks
+(the Phala Cloud client's request observer, the core's ``Observer`` port from ``observer()``, the
+runtime's reconcile observer and its summaries of watched resources), so none of them knows
+Prometheus.
 
 Series (all prefixed ``cvm_prelaunch_``):
 
@@ -20,7 +21,7 @@ Series (all prefixed ``cvm_prelaunch_``):
 ``transactions_total{outcome}``
     On-chain registrations: ``registered`` (sent and confirmed), ``reused`` (an existing
     registration was found instead), ``verified`` (a transaction named by annotation was checked),
-    ``failed`` (the registrar gave up for this pass).
+    ``replaced`` (a pending transaction was replaced with higher fees), ``failed`` (given up).
 ``resources{condition,status,reason,phase}``
     Gauge computed at scrape time: resources watched, by their Ready condition's status and reason
     and their phase (``status="Unknown"``, ``reason="None"`` before the first status write).
