@@ -27,9 +27,13 @@ DEPLOY = paths.repo_root() / "deploy"
 CLUSTER_WIDE = "overlays/cluster-wide"
 NAMESPACED = "overlays/namespaced"
 RULES_SOURCE = DEPLOY / "rbac" / "rules" / "cluster-role.yaml"
+LEASE_ROLE_SOURCE = DEPLOY / "rbac" / "leader-election" / "role.yaml"
 OPERATOR_NAMESPACE = "cvm-prelaunch-operator"
 SERVICE_ACCOUNT = "cvm-prelaunch-operator"
 CLUSTER_ROLE = "cvm-prelaunch-operator"
+LEASE_ROLE = "cvm-prelaunch-operator-leader-election"
+# The Lease the Deployment's replicas elect their leader with (LEADER_ELECTION_ID's default).
+LEASE = "cvm-prelaunch-operator"
 SERVICE_ACCOUNT_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
 # kubectl's field manager for the RBAC edits; --force-conflicts takes the rules over from the install.
 FIELD_MANAGER = "rbac-e2e"
@@ -59,6 +63,22 @@ def render(overlay: str) -> list[Manifest]:
 def one_of_kind(docs: Sequence[Manifest], kind: str) -> Manifest:
     (found,) = [d for d in docs if d["kind"] == kind]
     return found
+
+
+def named(docs: Sequence[Manifest], kind: str, name: str, namespace: str | None = None) -> Manifest:
+    (found,) = [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and d["metadata"]["name"] == name
+        and (namespace is None or d["metadata"].get("namespace") == namespace)
+    ]
+    return found
+
+
+def lease_role_source() -> Manifest:
+    """The leader-election Role as deploy/rbac/leader-election declares it."""
+    return named(list(yaml.safe_load_all(LEASE_ROLE_SOURCE.read_text())), "Role", LEASE_ROLE)
 
 
 def deployment_env(docs: Sequence[Manifest]) -> dict[str, str]:
@@ -207,8 +227,8 @@ class AccessReviewer:
             time.sleep(0.1)
 
 
-def apply_cluster_role(cp: ControlPlane, role: Manifest) -> None:
-    """Replace the ClusterRole's rules (server-side apply; a role's rules list is atomic)."""
+def apply_role(cp: ControlPlane, role: Manifest) -> None:
+    """Replace a Role's or ClusterRole's rules (server-side apply; a role's rules list is atomic)."""
     cp.kubectl(
         "apply",
         "--server-side",
@@ -218,6 +238,11 @@ def apply_cluster_role(cp: ControlPlane, role: Manifest) -> None:
         "-",
         input=json.dumps(role),
     )
+
+
+def delete_lease(cp: ControlPlane) -> None:
+    """Forget the last election: a killed operator leaves its Lease held for a lease duration."""
+    cp.kubectl("delete", "lease", LEASE, "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
 
 
 def log_lines(text: str, *needles: str) -> Iterator[str]:

@@ -41,6 +41,9 @@ EXPECTED_RULES = {
     ("", "secrets"): {"get", "list", "watch"},
     ("", "events"): {"create"},
 }
+# Leader election: a Role in the operator's own namespace only.
+LEASE_ROLE = "cvm-prelaunch-operator-leader-election"
+LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
 ALL_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
 # Things the operator must not be able to touch, next to the ones it may.
 PROBED_RESOURCES = (
@@ -98,8 +101,8 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str]:
 def test_deployment_is_one_hardened_replica(overlay: str) -> None:
     deployment = the_deployment(render(overlay))
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2  # a leader and a standby (tests/ha/test_deploy_shape.py)
+    assert spec["strategy"]["type"] == "RollingUpdate"
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] > 0
@@ -120,8 +123,9 @@ def test_deployment_is_one_hardened_replica(overlay: str) -> None:
     assert env["PHALA_CLOUD_API_URL"].startswith("https://")
     image = container["image"]
     assert re.fullmatch(r"[a-z0-9./-]+/cvm-prelaunch-operator:\d+\.\d+\.\d+\S*", image), image
-    # Secrets are read per resource through the API, never injected into the environment.
-    assert not any("valueFrom" in e for e in container["env"])
+    # Secrets are read per resource through the API, never injected into the environment; only the
+    # pod's name and namespace come from the downward API (the Lease holder).
+    assert all(set(e.get("valueFrom", {})) <= {"fieldRef"} for e in container["env"])
     assert pod["serviceAccountName"] == OPERATOR_NAME
 
 
@@ -145,8 +149,10 @@ def test_watched_namespaces_per_overlay() -> None:
     assert env_of(the_deployment(render("overlays/cluster-wide")))["WATCH_NAMESPACES"] == ""
     namespaced = render("overlays/namespaced")
     watched = env_of(the_deployment(namespaced))["WATCH_NAMESPACES"].split(",")
-    assert sorted(watched) == sorted(r["metadata"]["namespace"] for r in of_kind(namespaced, "Role"))
-    assert sorted(watched) == sorted(b["metadata"]["namespace"] for b in of_kind(namespaced, "RoleBinding"))
+    roles = [r for r in of_kind(namespaced, "Role") if r["metadata"]["name"] == OPERATOR_NAME]
+    bindings = [b for b in of_kind(namespaced, "RoleBinding") if b["metadata"]["name"] == OPERATOR_NAME]
+    assert sorted(watched) == sorted(r["metadata"]["namespace"] for r in roles)
+    assert sorted(watched) == sorted(b["metadata"]["namespace"] for b in bindings)
     assert tuple(sorted(watched)) == WATCHED_NAMESPACES
 
 
@@ -163,17 +169,18 @@ def test_cluster_wide_rbac_is_exactly_the_operators_api_usage() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": OPERATOR_NAMESPACE}
     ]
-    assert not of_kind(docs, "Role")
+    (lease_role,) = of_kind(docs, "Role")
+    assert lease_role["metadata"]["name"] == LEASE_ROLE and rules_of(lease_role) == LEASE_RULES
 
 
 def test_namespaced_rbac_has_only_roles_with_the_same_rules() -> None:
     docs = render("overlays/namespaced")
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
-    roles = of_kind(docs, "Role")
+    roles = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] != LEASE_ROLE]
     assert len(roles) == len(WATCHED_NAMESPACES)
     for role in roles:
         assert rules_of(role) == EXPECTED_RULES
-    for binding in of_kind(docs, "RoleBinding"):
+    for binding in (b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] != LEASE_ROLE):
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "Role",
@@ -193,7 +200,7 @@ def test_rbac_has_no_wildcard_and_no_escalation(overlay: str) -> None:
                 assert "*" not in rule[field]
             assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate", "create"} or rule[
                 "resources"
-            ] == ["events"]
+            ] in (["events"], ["leases"])
 
 
 def test_secret_access_is_one_commented_rule() -> None:
@@ -404,5 +411,5 @@ def test_namespaced_operator_may_work_only_in_its_namespaces(
     for namespace in WATCHED_NAMESPACES:
         assert _grants(authz, namespace) == EXPECTED_RULES
     assert _grants(authz, "team-c") == {}
-    assert _grants(authz, OPERATOR_NAMESPACE) == {}
+    assert _grants(authz, OPERATOR_NAMESPACE) == LEASE_RULES
     assert not _allowed(authz, "", "cloud.phala.com", "cvmprelaunchscripts", "list")

@@ -25,17 +25,22 @@ import yaml
 from rbac_install import (
     CLUSTER_ROLE,
     CLUSTER_WIDE,
+    LEASE_ROLE,
     NAMESPACED,
+    OPERATOR_NAMESPACE,
     RULES_SOURCE,
     SERVICE_ACCOUNT,
     SERVICE_ACCOUNT_USER,
     AccessReviewer,
     Manifest,
     Permission,
-    apply_cluster_role,
+    apply_role,
+    delete_lease,
     install,
+    lease_role_source,
     log_lines,
     mint_token,
+    named,
     one_of_kind,
     permissions_of,
     render,
@@ -54,6 +59,7 @@ from cvm_prelaunch_localenv.operator_process import OperatorProcess
 from cvm_prelaunch_localenv.scenario import SCRIPT_V1, SCRIPT_V2, Workbench
 from cvm_prelaunch_localenv.simulator import SimulatorServer
 from cvm_prelaunch_operator.domain.backoff import backoff_delay
+from cvm_prelaunch_operator.kube.leader import RENEW_DEADLINE
 
 # With every permission the operator syncs an on-chain CVM, re-syncs a ConfigMap edit and takes a
 # rotated API key within this window (measured: under 1 s each, on 2 cores at load 3); without one
@@ -70,6 +76,8 @@ WRONG_API_KEY = "phak_rbac_e2e_wrong_key"
 # The one list of the operator's permissions (the overlays render it into the ClusterRole or Roles).
 SOURCE_ROLE: Manifest = yaml.safe_load(RULES_SOURCE.read_text())
 PERMISSIONS = permissions_of(SOURCE_ROLE)
+# And the leader Lease's, granted by a Role in the operator's namespace in both install paths.
+LEASE_PERMISSIONS = permissions_of(lease_role_source())
 
 
 def sha256(text: str) -> str:
@@ -199,6 +207,7 @@ def wait_for_log(operator: OperatorProcess, *needles: str, timeout: float = SYMP
 class Installed:
     """An overlay applied with kubectl, and the operator's identity from it."""
 
+    cp: ControlPlane
     overlay: str
     docs: list[Manifest]
     kubeconfig: Path
@@ -212,9 +221,21 @@ class Installed:
         assert permissions_of(role) == PERMISSIONS
         return role
 
+    def lease_role(self) -> Manifest:
+        """The leader Lease's Role as the overlay renders it, in the operator's namespace."""
+        role = named(self.docs, "Role", LEASE_ROLE, OPERATOR_NAMESPACE)
+        assert permissions_of(role) == LEASE_PERMISSIONS
+        return role
+
     def start_operator(self, operator_factory: OperatorFactory) -> OperatorProcess:
-        """The operator with this identity only, watching what the overlay's Deployment says."""
-        operator = operator_factory(kubeconfig=self.kubeconfig, namespaces=watched_namespaces(self.docs))
+        """The operator with this identity only, watching what the overlay's Deployment says, and
+        electing itself leader on the Lease in its namespace as a replica of the Deployment does."""
+        delete_lease(self.cp)
+        operator = operator_factory(
+            kubeconfig=self.kubeconfig,
+            namespaces=watched_namespaces(self.docs),
+            lease_namespace=OPERATOR_NAMESPACE,
+        )
         operator.wait_for_log("starting")
         return operator
 
@@ -228,7 +249,7 @@ def installed(cp: ControlPlane, overlay: str, kubeconfig: Path) -> Iterator[Inst
         assert whoami(cp, kubeconfig) == SERVICE_ACCOUNT_USER
         reviewer = AccessReviewer(cp, token)
         try:
-            yield Installed(overlay, render(overlay), kubeconfig, token, reviewer)
+            yield Installed(cp, overlay, render(overlay), kubeconfig, token, reviewer)
         finally:
             reviewer.close()
     finally:
@@ -244,13 +265,20 @@ def cluster_wide(
         yield done
 
 
-def grant(cp: ControlPlane, install: Installed, role: Manifest, namespace: str) -> None:
-    """Make ``role`` the ClusterRole and wait until the apiserver authorizes exactly that."""
-    apply_cluster_role(cp, role)
+def grant(
+    cp: ControlPlane, install: Installed, role: Manifest, namespace: str, lease_role: Manifest | None = None
+) -> None:
+    """Make ``role`` the ClusterRole and ``lease_role`` (by default the overlay's) the Lease's Role, and
+    wait until the apiserver authorizes exactly that."""
+    lease_role = lease_role or install.lease_role()
+    apply_role(cp, role)
+    apply_role(cp, lease_role)
     granted = set(permissions_of(role))
     expected = {p: p in granted for p in PERMISSIONS}
     install.reviewer.wait_for(expected, namespace=None)  # cluster-wide lists and watches
     install.reviewer.wait_for(expected, namespace=namespace)
+    granted = set(permissions_of(lease_role))
+    install.reviewer.wait_for({p: p in granted for p in LEASE_PERMISSIONS}, namespace=OPERATOR_NAMESPACE)
 
 
 # kopf observes Namespaces and CRDs to follow them at run time. The operator is not granted that: kopf
@@ -298,8 +326,11 @@ def test_namespaced_install_syncs_in_its_namespaces_as_its_service_account(
             everything = {p: True for p in PERMISSIONS}
             for name in namespaces:
                 install.reviewer.wait_for(everything, namespace=name)
-            nothing = {p: False for p in PERMISSIONS}
+            nothing = {p: False for p in PERMISSIONS + LEASE_PERMISSIONS}
             install.reviewer.wait_for(nothing, namespace=None)  # no cluster-wide grant at all
+            # The Lease in the operator's own namespace only.
+            install.reviewer.wait_for({p: True for p in LEASE_PERMISSIONS}, namespace=OPERATOR_NAMESPACE)
+            install.reviewer.wait_for({p: False for p in LEASE_PERMISSIONS}, namespace=namespace)
 
             operator = install.start_operator(operator_factory)
             assert namespace not in namespaces
@@ -382,6 +413,8 @@ class Case:
     sim: SimulatorServer
     # Defects the case revealed besides its symptom (each fails the test).
     defects: list[str] = field(default_factory=list)
+    # The symptom is a deliberate exit (a leader that cannot renew its Lease), not a crash.
+    exits: bool = False
 
     def check_backoff(self, created: float) -> None:
         """A refused read is retried with the operator's backoff, not in a loop."""
@@ -521,6 +554,35 @@ def fails_without_create_events(case: Case) -> None:
     assert case.app.event_reasons() == []
 
 
+def _never_leads(case: Case, what: str) -> None:
+    """The operator cannot hold the Lease: it keeps watching as a standby and reconciles nothing."""
+    created = case.app.create()
+    wait_for_log(case.operator, f"could not {what} Lease", "HTTP 403")
+    _no_status_and_no_remote_write(case, created)
+    assert "cvm_prelaunch_leader 0.0" in case.operator.metrics()
+
+
+def fails_without_get_leases(case: Case) -> None:
+    """Every election starts by reading the Lease: refused, so the operator never leads."""
+    _never_leads(case, "read")
+
+
+def fails_without_create_leases(case: Case) -> None:
+    """The first replica creates the Lease: refused, so there is never a leader."""
+    _never_leads(case, "create")
+
+
+def fails_without_update_leases(case: Case) -> None:
+    """The Lease is created and held, but never renewed: at the renew deadline the operator stops
+    every side effect and exits (restarted, it would wait as a standby for good)."""
+    case.app.create()
+    case.app.synced(timeout=SYMPTOM_TIMEOUT)
+    wait_for_log(case.operator, "could not update Lease", "HTTP 403")
+    assert case.operator.wait_exit(timeout=RENEW_DEADLINE + SYMPTOM_TIMEOUT) == 1
+    assert "renew deadline passed" in case.operator.logs()
+    case.exits = True
+
+
 SYMPTOMS: dict[Permission, Callable[[Case], None]] = {
     Permission("cloud.phala.com", "cvmprelaunchscripts", "get"): fails_without_get_resource,
     Permission("cloud.phala.com", "cvmprelaunchscripts", "list"): fails_without_list_resource,
@@ -533,15 +595,19 @@ SYMPTOMS: dict[Permission, Callable[[Case], None]] = {
     Permission("", "secrets", "list"): fails_without_list_secrets,
     Permission("", "secrets", "watch"): fails_without_watch_secrets,
     Permission("", "events", "create"): fails_without_create_events,
+    Permission("coordination.k8s.io", "leases", "get"): fails_without_get_leases,
+    Permission("coordination.k8s.io", "leases", "create"): fails_without_create_leases,
+    Permission("coordination.k8s.io", "leases", "update"): fails_without_update_leases,
 }
 
 
 def test_every_permission_has_a_proven_symptom() -> None:
-    """A permission added to deploy/rbac/rules needs a case here, and every case a permission."""
-    assert set(SYMPTOMS) == set(PERMISSIONS)
+    """A permission added to deploy/rbac/rules or deploy/rbac/leader-election needs a case here, and
+    every case a permission."""
+    assert set(SYMPTOMS) == set(PERMISSIONS) | set(LEASE_PERMISSIONS)
 
 
-@pytest.mark.parametrize("removed", PERMISSIONS, ids=lambda p: p.id)
+@pytest.mark.parametrize("removed", PERMISSIONS + LEASE_PERMISSIONS, ids=lambda p: p.id)
 def test_operator_fails_without(
     removed: Permission,
     control_plane: ControlPlane,
@@ -552,13 +618,17 @@ def test_operator_fails_without(
     sim_cvm_factory: SimCvmFactory,
     operator_factory: OperatorFactory,
 ) -> None:
-    grant(control_plane, cluster_wide, without(cluster_wide.cluster_role(), removed), namespace)
+    if removed in LEASE_PERMISSIONS:
+        lease_role = without(cluster_wide.lease_role(), removed)
+        grant(control_plane, cluster_wide, cluster_wide.cluster_role(), namespace, lease_role)
+    else:
+        grant(control_plane, cluster_wide, without(cluster_wide.cluster_role(), removed), namespace)
     operator = cluster_wide.start_operator(operator_factory)
     target = sim_cvm_factory(onchain=True, allow_any_device=True)
     case = Case(App(Workbench(control_plane, namespace, anvil), target), operator, sim)
     SYMPTOMS[removed](case)
 
-    assert operator.alive(), "a missing permission is reported, never a crash"
+    assert case.exits or operator.alive(), "a missing permission is reported, never a crash"
     # Only the removed permission was refused (kopf words list and watch refusals in its log).
     assert refused_requests(operator) - KOPF_OBSERVATION <= {(removed.verb, removed.resource)}
     assert cluster_wide.token not in operator.logs()
