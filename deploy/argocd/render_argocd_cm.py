@@ -12,7 +12,7 @@ from pathlib import Path
 
 GROUP = "cloud.phala.com"
 KIND = "CvmPreLaunchScript"
-ACTIONS = ("refresh", "suspend", "resume")
+ACTIONS = ("refresh", "suspend", "resume", "approve")
 # Status fields that change on their own schedule without changing what the resource means; the
 # health script reads only spec.suspend, metadata.generation, status.observedGeneration and the
 # conditions, so ignoring these never hides a change of health.
