@@ -309,6 +309,18 @@ class Anvil:
             self._rpc("evm_setAutomine", automine)
             self._block_time = block_time
 
+    def wait_for_receipt(self, tx_hash: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The receipt of a transaction, once mined. Even automine mines in the background: a receipt
+        asked for right after ``eth_sendRawTransaction`` may not be there yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            receipt: dict[str, Any] | None = self._rpc("eth_getTransactionReceipt", tx_hash)
+            if receipt is not None:
+                return receipt
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"transaction {tx_hash} not mined within {timeout:g}s")
+            time.sleep(0.005)
+
     def txpool_status(self) -> tuple[int, int]:
         """(pending, queued) transactions in anvil's pool."""
         status = self._rpc("txpool_status")

@@ -364,6 +364,7 @@ async def test_send_then_track_a_registration(
     )
 
     assert await client.send(signed.raw) is SendResult.ACCEPTED
+    anvil.wait_for_receipt(signed.tx_hash)  # automine mines in the background
     anvil_proxy.reset_counts()
     tracking = await client.track([signed.tx_hash], sender=owner.address)
 
@@ -706,6 +707,7 @@ async def test_track_and_logs_follow_the_canonical_chain_through_reorgs_and_drop
 
     try:
         assert await client.send(signed.raw) is SendResult.ACCEPTED
+        own_chain.wait_for_receipt(signed.tx_hash)
         own_chain.mine(2)
         first = (await client.track([signed.tx_hash], sender=owner.address)).receipts[signed.tx_hash]
         assert first is not None

@@ -54,7 +54,7 @@ async def test_anvil_mines_what_the_signer_signs_under_the_hash_it_computed(
     assert signed.tx_hash == SIGNER.tx_hash(signed.raw)
     assert signed.raw.startswith("0x02" if tip is not None else "0xf8")  # type 2, or an RLP list
     assert await client.send(signed.raw) is SendResult.ACCEPTED
-    receipt = w3.eth.get_transaction_receipt(signed.tx_hash)
+    receipt = w3.eth.wait_for_transaction_receipt(signed.tx_hash, timeout=10, poll_latency=0.01)
     assert receipt["transactionHash"].to_0x_hex() == signed.tx_hash
     assert receipt["status"] == 1
     mined = w3.eth.get_transaction(signed.tx_hash)

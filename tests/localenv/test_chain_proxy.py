@@ -99,7 +99,7 @@ def test_held_transactions_reach_the_chain_only_when_released(
     assert anvil_proxy.held == [raw]
     (released,) = anvil_proxy.release()
     assert released["result"] == tx_hash
-    assert anvil.rpc("eth_getTransactionReceipt", tx_hash) is not None  # automined
+    assert anvil.wait_for_receipt(tx_hash)["status"] == "0x1"  # automined
     assert anvil_proxy.held == []
 
     second = transfer(anvil)
@@ -125,12 +125,13 @@ def test_rate_limits_the_next_requests_with_retry_after(anvil_proxy: JsonRpcProx
 
 def test_rewrites_the_hash_of_a_receipt(anvil: Anvil, anvil_proxy: JsonRpcProxy) -> None:
     tx_hash = anvil.rpc("eth_sendRawTransaction", "0x" + bytes(transfer(anvil).raw_transaction).hex())
+    mined = anvil.wait_for_receipt(tx_hash)
     anvil_proxy.rewrite_receipt_hash(tx_hash.upper().replace("0X", "0x"), "0x" + "ab" * 32)
 
     _, _, answer = post(anvil_proxy, call("eth_getTransactionReceipt", tx_hash))
 
     assert answer["result"]["transactionHash"] == "0x" + "ab" * 32
-    assert answer["result"]["blockNumber"] == anvil.rpc("eth_getTransactionReceipt", tx_hash)["blockNumber"]
+    assert answer["result"]["blockNumber"] == mined["blockNumber"]
 
 
 def test_fails_cuts_delays_pads_overrides_and_transforms(anvil_proxy: JsonRpcProxy) -> None:
