@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from types import TracebackType
 
 POLL_SECONDS = 0.1
@@ -28,6 +29,9 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self.connections = 0
+        # What the client sent through: bytes, and the monotonic time of the last forwarded chunk.
+        self.bytes_up = 0
+        self.last_up: float | None = None
 
     def __enter__(self) -> TcpProxy:
         thread = threading.Thread(target=self._accept, name="tcp-proxy-accept", daemon=True)
@@ -87,12 +91,12 @@ class TcpProxy:
                 client.close()
                 continue
             self._track(upstream)
-            for source, target in ((client, upstream), (upstream, client)):
-                thread = threading.Thread(target=self._pump, args=(source, target), daemon=True)
+            for source, target, up in ((client, upstream, True), (upstream, client, False)):
+                thread = threading.Thread(target=self._pump, args=(source, target, up), daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, up: bool) -> None:
         source.settimeout(POLL_SECONDS)
         while not self._stopped.is_set():
             if self._paused.is_set():
@@ -113,6 +117,9 @@ class TcpProxy:
                 target.sendall(data)
             except OSError:
                 break
+            if up:
+                self.bytes_up += len(data)
+                self.last_up = time.monotonic()
         for sock in (source, target):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
