@@ -92,7 +92,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
@@ -123,6 +123,9 @@ from cvm_prelaunch_operator.domain.config import from_env, setting
 from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater, SyncError
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.secrets import Redactor, Secret, redact_url
+
+if TYPE_CHECKING:
+    from cvm_prelaunch_operator.reconcile.ports import ChainClient, ChainConnector
 
 logger = logging.getLogger(__name__)
 
@@ -1043,6 +1046,14 @@ class Web3ChainConnector:
         task = loop.create_task(closing)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+if TYPE_CHECKING:  # mypy checks that the adapter implements the ports
+
+    def _implements(
+        connector: Web3ChainConnector, client: JsonRpcChainClient
+    ) -> tuple[ChainConnector, ChainClient]:
+        return connector, client
 
 
 __all__ = [

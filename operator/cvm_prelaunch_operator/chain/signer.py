@@ -13,7 +13,7 @@ cap) is the caller's error: ``ValueError``.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -24,6 +24,9 @@ from cvm_prelaunch_operator.domain.chain import SignedTx, UnsignedTx, is_address
 from cvm_prelaunch_operator.domain.errors import Permanent
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.secrets import Secret
+
+if TYPE_CHECKING:
+    from cvm_prelaunch_operator.reconcile.ports import Signer
 
 _HEX = re.compile(r"^0x(?:[0-9a-fA-F]{2})*$")
 _UINT256 = 2**256
@@ -109,6 +112,12 @@ def _fields(tx: UnsignedTx) -> dict[str, Any]:
         raise ValueError(f"the tip {tip} is above the fee cap {tx.fees.max_fee_per_gas}")
     fields.update(type=2, maxFeePerGas=tx.fees.max_fee_per_gas, maxPriorityFeePerGas=tip, accessList=[])
     return fields
+
+
+if TYPE_CHECKING:  # mypy checks that the adapter implements the port
+
+    def _implements(signer: EthAccountSigner) -> Signer:
+        return signer
 
 
 __all__ = ["EthAccountSigner"]
