@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -130,13 +131,8 @@ def test_service_monitor_and_prometheus_rule_are_valid_for_the_prometheus_operat
     assert len(crds) == 2
     for crd in crds:
         control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    control_plane.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/servicemonitors.monitoring.coreos.com",
-        "crd/prometheusrules.monitoring.coreos.com",
-        "--timeout=30s",
-    )
+    for name in ("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"):
+        _wait_established(control_plane, name)
     docs = render_with_monitoring("overlays/cluster-wide", work)
     objects = [
         one(docs, "ServiceMonitor"),
@@ -156,3 +152,12 @@ def test_service_monitor_and_prometheus_rule_are_valid_for_the_prometheus_operat
     )
     assert refused.returncode != 0
     assert "honourLabels" in refused.stderr
+
+
+def _wait_established(control_plane: ControlPlane, crd: str, timeout: float = 30.0) -> None:
+    # `kubectl wait` fails instead of waiting while a new CRD has no conditions at all yet.
+    deadline = time.monotonic() + timeout
+    query = '{.status.conditions[?(@.type=="Established")].status}'
+    while control_plane.kubectl("get", "crd", crd, "-o", f"jsonpath={query}", check=False).stdout != "True":
+        assert time.monotonic() < deadline, f"CRD {crd} not established in {timeout:.0f}s"
+        time.sleep(0.1)
