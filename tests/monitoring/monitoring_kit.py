@@ -5,7 +5,6 @@ expressions select (parsed by Prometheus' own parser)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from functools import cache
@@ -41,7 +40,6 @@ def tools() -> Path:
         text=True,
         check=False,
         timeout=1200,
-        env={**os.environ, "GOFLAGS": os.environ.get("GOFLAGS", "")},
     )
     assert completed.returncode == 0, f"hack/build-promtool.sh failed:\n{completed.stderr[-4000:]}"
     return Path(completed.stdout.strip().splitlines()[-1])
