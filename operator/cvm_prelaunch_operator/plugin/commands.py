@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cvm_prelaunch_operator.domain.chain import hex32
 from cvm_prelaunch_operator.domain.errors import SyncError
 from cvm_prelaunch_operator.domain.resource import ANNOTATION_APPROVED_COMPOSE_HASH, ANNOTATION_REQUESTED_AT
 from cvm_prelaunch_operator.domain.secrets import Redactor, Secret
 from cvm_prelaunch_operator.domain.text import format_time
-from cvm_prelaunch_operator.phala import PhalaCloudClient, PhalaCloudSettings
 from cvm_prelaunch_operator.plugin import render
 from cvm_prelaunch_operator.plugin.cluster import Body, Conflict, PluginError, Resources
+
+if TYPE_CHECKING:
+    # Importing the phala package loads httpx; only diff needs it, so the other verbs start faster.
+    from cvm_prelaunch_operator.phala.settings import PhalaCloudSettings
 
 OK = 0
 REFUSED = 1
@@ -177,6 +180,8 @@ def diff(resources: Resources, name: str, settings: PhalaCloudSettings, out: Tex
 
 
 def _running_script(settings: PhalaCloudSettings, api_key: Secret, cvm_id: str) -> str:
+    from cvm_prelaunch_operator.phala.client import PhalaCloudClient  # noqa: PLC0415 (see TYPE_CHECKING)
+
     async def fetch() -> str:
         async with PhalaCloudClient(settings) as client:
             return await client.for_api_key(api_key).get_pre_launch_script(cvm_id)
@@ -219,6 +224,8 @@ def _suspended(body: Body) -> bool:
 
 def phala_settings(api_url: str | None) -> PhalaCloudSettings:
     """The operator's own client settings from the environment, the base URL overridden by ``--api-url``."""
+    from cvm_prelaunch_operator.phala.settings import PhalaCloudSettings  # noqa: PLC0415 (see TYPE_CHECKING)
+
     try:
         settings = PhalaCloudSettings.from_env()
         if api_url is not None:
