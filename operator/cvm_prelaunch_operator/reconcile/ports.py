@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from cvm_prelaunch_operator.domain.chain import (
     LogRef,
@@ -27,6 +27,7 @@ from cvm_prelaunch_operator.domain.models import (
     Registration,
     UpdateAccepted,
 )
+from cvm_prelaunch_operator.domain.resource import ShellcheckLevel
 from cvm_prelaunch_operator.domain.secrets import Secret
 
 # -- Phala Cloud ------------------------------------------------------------------------------------
@@ -130,8 +131,6 @@ class Signer(Protocol):
 
 
 # -- the script gate --------------------------------------------------------------------------------
-
-ShellcheckLevel = Literal["Off", "Error", "Warning"]
 
 
 @dataclass(frozen=True)

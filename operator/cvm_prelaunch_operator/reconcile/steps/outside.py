@@ -21,7 +21,12 @@ from cvm_prelaunch_operator.domain.states import (
 )
 from cvm_prelaunch_operator.domain.status import StatusPatch
 from cvm_prelaunch_operator.reconcile.context import Event, StepContext, Transition
-from cvm_prelaunch_operator.reconcile.steps.common import check_chain, observe_head, seconds_to_next_block
+from cvm_prelaunch_operator.reconcile.steps.common import (
+    check_chain,
+    observe_head,
+    registration_problem,
+    seconds_to_next_block,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ async def outside_registration(
         carries = carries or receipt.logs_compose_hash(chain.app_contract, chain.compose_hash_hex)
     if view is None and receipt is None:
         return _ignored(ctx, tx_hash, chain, f"chain {chain.chain_id} does not know the transaction")
+    if receipt is not None and (problem := registration_problem(receipt, chain)) is not None:
+        return _ignored(ctx, tx_hash, chain, f"it {problem} in block {receipt.block_number}")
     if not carries:
         return _ignored(
             ctx,
