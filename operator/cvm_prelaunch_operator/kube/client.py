@@ -1,8 +1,10 @@
 """An asyncio Kubernetes client over raw JSON, for the operator's hot path and its own watches.
 
-The official client is synchronous (a thread hop per call) and builds model objects for every answer;
-per reconcile pass that cost about a millisecond of CPU per call. This one sends and returns plain
-dicts through one pooled ``httpx.AsyncClient``.
+The official client is synchronous (a thread hop per call) and builds model objects for every answer.
+This one sends and returns plain dicts through one pooled ``aiohttp`` session: about half a
+millisecond of CPU per request with TLS, a third of httpx's under concurrency (measured on the
+local API server, where httpx's connection pool costs several milliseconds per request once dozens
+are waiting for a connection).
 
 Credentials are the official loader's, so whatever ``kubectl`` accepts works here too: in a pod the
 ServiceAccount token (re-read from its file once a minute, as kubelet rotates it) and the cluster CA;
@@ -23,8 +25,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
+from urllib.request import proxy_bypass
 
-import httpx
+import aiohttp
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -40,6 +44,9 @@ METADATA_LIST: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s
 METADATA_WATCH: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
 
 CONNECT_TIMEOUT: Final = 5.0
+# kubelet rotates a projected ServiceAccount token long before it expires; the loader itself re-reads
+# the file at most once a minute.
+AUTH_CHECK_SECONDS: Final = 10.0
 REQUEST_TIMEOUT: Final = 15.0
 MAX_CONNECTIONS: Final = 64
 STATUS_MESSAGE_CHARS: Final = 300
@@ -76,11 +83,18 @@ class Credentials:
         self._configuration = configuration
         self.source = source  # "in-cluster" or "kubeconfig", for the start-up log line
         self.server = str(configuration.host).rstrip("/")
-        self.proxy: str | None = configuration.proxy or None
+        # As kubectl: the kubeconfig's proxy-url, else HTTPS_PROXY/ALL_PROXY unless NO_PROXY names the host.
+        proxy: str | None = configuration.proxy or None
+        host = urlsplit(self.server).hostname or ""
+        if proxy and getattr(configuration, "_proxy_from_env", False) and proxy_bypass(host):
+            proxy = None
+        self.proxy = proxy
         self.tls_server_name: str | None = getattr(configuration, "tls_server_name", None) or None
-        self.verify: ssl.SSLContext | bool = self._ssl_context()
+        self.verify: ssl.SSLContext = self._ssl_context()
+        self._authorization: str | None = None
+        self._checked: float | None = None
 
-    def _ssl_context(self) -> ssl.SSLContext | bool:
+    def _ssl_context(self) -> ssl.SSLContext:
         cfg = self._configuration
         if not cfg.verify_ssl:
             context = ssl.create_default_context()
@@ -93,10 +107,15 @@ class Credentials:
         return context
 
     def authorization(self) -> str | None:
-        """The Authorization header; the loader's hook re-reads a rotated token file or re-runs an
-        expired exec plugin here (a time comparison otherwise)."""
-        value = self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
-        return value.strip() if value else None
+        """The Authorization header. The loader's hook (which re-reads a rotated token file, or re-runs
+        an expired exec plugin) is consulted at most every ``AUTH_CHECK_SECONDS``: it walks the whole
+        environment on each call, which cost more CPU than the request itself. A 401 reloads at once."""
+        now = time.monotonic()
+        if self._checked is None or now - self._checked >= AUTH_CHECK_SECONDS:
+            value = self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+            self._authorization = value.strip() if value else None
+            self._checked = now
+        return self._authorization
 
 
 def load_credentials(kubeconfig: str | None = None) -> Credentials:
@@ -119,9 +138,9 @@ class Answer:
     body: Any  # parsed JSON, or None for an empty body
 
 
-def _status_message(response: httpx.Response) -> str:
+def _status_message(content: bytes) -> str:
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         return ""
     return str(body.get("message") or "") if isinstance(body, dict) else ""
@@ -129,7 +148,8 @@ def _status_message(response: httpx.Response) -> str:
 
 class KubeClient:
     """One pooled connection set to the API server. Use one for requests and another for watches, so
-    long-lived streams never take the connections the hot path needs."""
+    long-lived streams never take the connections the hot path needs. The session is made on first
+    use, inside the event loop that uses it."""
 
     def __init__(
         self,
@@ -143,29 +163,28 @@ class KubeClient:
         self._load = credentials_loader
         self._credentials = credentials_loader()
         self._observer = observer
-        self._timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT)
         self._max_connections = max_connections
         agent = f"cvm-prelaunch-operator/{__version__}"
         self._user_agent = f"{agent} ({identity})" if identity else agent
-        self._http = self._build()
+        self._session: aiohttp.ClientSession | None = None
         self._reloading: asyncio.Lock | None = None
 
-    def _build(self) -> httpx.AsyncClient:
-        creds = self._credentials
-        return httpx.AsyncClient(
-            base_url=creds.server,
-            verify=creds.verify,
-            proxy=creds.proxy,
-            trust_env=False,  # the kubeconfig says whether a proxy is used, not the environment
-            timeout=httpx.Timeout(self._timeout, connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(
-                max_connections=self._max_connections,
-                max_keepalive_connections=self._max_connections,
-                keepalive_expiry=60.0,
-            ),
-            headers={"User-Agent": self._user_agent, "Accept": JSON},
-            follow_redirects=False,
-        )
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                base_url=self._credentials.server,
+                connector=aiohttp.TCPConnector(
+                    ssl=self._credentials.verify,
+                    limit=self._max_connections,
+                    keepalive_timeout=60.0,
+                ),
+                timeout=self._timeout,
+                headers={"User-Agent": self._user_agent, "Accept": JSON},
+                trust_env=False,  # the kubeconfig says whether a proxy is used, not the environment
+                auto_decompress=True,
+            )
+        return self._session
 
     @property
     def server(self) -> str:
@@ -176,7 +195,9 @@ class KubeClient:
         return self._credentials.source
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # -- one request --------------------------------------------------------------------------------
 
@@ -187,9 +208,14 @@ class KubeClient:
             headers["Authorization"] = auth
         return headers
 
-    def _extensions(self) -> dict[str, Any]:
-        name = self._credentials.tls_server_name
-        return {"sni_hostname": name} if name else {}
+    def _options(self) -> dict[str, Any]:
+        creds = self._credentials
+        options: dict[str, Any] = {"allow_redirects": False}
+        if creds.proxy:
+            options["proxy"] = creds.proxy
+        if creds.tls_server_name:
+            options["server_hostname"] = creds.tls_server_name
+        return options
 
     async def _reload_credentials(self, stale: Credentials) -> None:
         """After a 401: load the credentials again (a rotated token, an expired certificate)."""
@@ -200,8 +226,9 @@ class KubeClient:
                 return  # another request reloaded them meanwhile
             fresh = await asyncio.to_thread(self._load)
             self._credentials = fresh
-            old, self._http = self._http, self._build()
-            await old.aclose()
+            old, self._session = self._session, None
+            if old is not None:
+                await old.close()
             logger.info("Kubernetes credentials reloaded after a 401 (%s)", fresh.source)
 
     async def request(
@@ -222,29 +249,37 @@ class KubeClient:
         extra = {"Content-Type": content_type} if content is not None else {}
         if accept:
             extra["Accept"] = accept
+        timeout = (
+            aiohttp.ClientTimeout(total=request_timeout, sock_connect=CONNECT_TIMEOUT)
+            if request_timeout is not None
+            else None
+        )
         for attempt in (1, 2):
             credentials = self._credentials
             started = time.monotonic()
             try:
-                response = await self._http.request(
+                async with self._http().request(
                     method,
                     path,
                     params=params,
-                    content=content,
+                    data=content,
                     headers=self._headers(extra),
-                    timeout=request_timeout if request_timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                    extensions=self._extensions(),
-                )
-            except httpx.HTTPError as exc:
+                    timeout=timeout if timeout is not None else self._timeout,
+                    **self._options(),
+                ) as response:
+                    status = response.status
+                    payload = await response.read()
+                    reason = response.reason or ""
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 self._observe(method, resource, None, started)
                 raise KubeApiError(None, type(exc).__name__) from None
-            self._observe(method, resource, response.status_code, started)
-            if response.status_code == 401 and attempt == 1:
+            self._observe(method, resource, status, started)
+            if status == 401 and attempt == 1:
                 await self._reload_credentials(credentials)
                 continue
-            if response.is_success:
-                return Answer(response.status_code, response.json() if response.content else None)
-            raise KubeApiError(response.status_code, response.reason_phrase, _status_message(response))
+            if 200 <= status < 300:
+                return Answer(status, json.loads(payload) if payload else None)
+            raise KubeApiError(status, reason, _status_message(payload))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _observe(self, method: str, resource: str, status: int | None, started: float) -> None:
@@ -278,33 +313,27 @@ class KubeClient:
         waits longer than ``read_timeout`` for the next byte fails the stream."""
         started = time.monotonic()
         extra = {"Accept": accept} if accept else {}
-        timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout)
+        credentials = self._credentials
         try:
-            async with self._http.stream(
-                "GET",
-                path,
-                params=params,
-                headers=self._headers(extra),
-                timeout=timeout,
-                extensions=self._extensions(),
+            async with self._http().get(
+                path, params=params, headers=self._headers(extra), timeout=timeout, **self._options()
             ) as response:
-                self._observe("WATCH", resource, response.status_code, started)
-                if response.status_code == 401:
-                    await self._reload_credentials(self._credentials)
-                if not response.is_success:
-                    await response.aread()
-                    raise KubeApiError(
-                        response.status_code, response.reason_phrase, _status_message(response)
-                    )
+                self._observe("WATCH", resource, response.status, started)
+                if response.status == 401:
+                    await self._reload_credentials(credentials)
+                if not 200 <= response.status < 300:
+                    payload = await response.content.read(64 * 1024)
+                    raise KubeApiError(response.status, response.reason or "", _status_message(payload))
                 yield _lines(response)
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise KubeApiError(None, type(exc).__name__) from None
 
 
-async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """Non-empty lines of a streamed answer, as bytes (``json.loads`` takes them as they are)."""
     pending = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
             pending += chunk[start:end]
