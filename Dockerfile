@@ -31,17 +31,23 @@ LABEL org.opencontainers.image.title="cvm-prelaunch-operator" \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp \
-    PATH=/opt/venv/bin:${PATH}
-# Only prebuilt wheels (--only-binary): the image has no compiler, so nothing may need building.
-# The lock file constrains every dependency to the version the tests ran with. The wheel and the
-# lock file are mounted, not copied, so they leave no layer behind. Bytecode is compiled here,
-# because the root filesystem is read-only at run time.
+    HOME=/tmp
+# The runtime dependencies exactly as requirements.lock pins them, each file checked against its
+# hash, prebuilt wheels only (the image has no compiler); then the operator's wheel alone, and a
+# check that nothing is missing. The wheel and the lock file are mounted, not copied, so they leave
+# no layer behind. Bytecode is compiled here, because the root filesystem is read-only at run time.
+# The user gets a passwd entry: kopf asks getpass.getuser() for its identity, which fails without.
 RUN --mount=type=bind,from=build,source=/dist,target=/wheels \
     --mount=type=bind,source=requirements.lock,target=/src/requirements.lock \
     python -m venv --without-pip /opt/venv \
- && python -m pip --python /opt/venv/bin/python install --no-cache-dir --only-binary=:all: --constraint /src/requirements.lock /wheels/cvm_prelaunch_operator-*.whl
-# A numeric user, so that runAsNonRoot can be verified without a passwd entry.
+ && python -m pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes --only-binary=:all: -r /src/requirements.lock \
+ && python -m pip --python /opt/venv/bin/python install --no-cache-dir --no-index --no-deps /wheels/cvm_prelaunch_operator-*.whl \
+ && python -m pip --python /opt/venv/bin/python check \
+ && echo 'nonroot:x:65532:65532:cvm-prelaunch-operator:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'nonroot:x:65532:' >> /etc/group
+# Only now: while installing, "python" has to be the base interpreter, which has pip.
+ENV PATH=/opt/venv/bin:${PATH}
+# Numeric, so that the kubelet can verify runAsNonRoot.
 USER 65532:65532
 EXPOSE 8080 8081
 ENTRYPOINT ["cvm-prelaunch-operator"]
