@@ -82,9 +82,17 @@ def lease_role_source() -> Manifest:
 
 
 def deployment_env(docs: Sequence[Manifest]) -> dict[str, str]:
-    """The operator container's environment as the overlay sets it."""
-    (container,) = one_of_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    """The operator container's environment as the overlay sets it (a field of the pod's own
+    metadata, from the downward API, resolved as the kubelet would: only metadata.namespace)."""
+    deployment = one_of_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {}
+    for e in container.get("env", []):
+        field = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        env[e["name"]] = (
+            deployment["metadata"]["namespace"] if field == "metadata.namespace" else e.get("value", "")
+        )
+    return env
 
 
 def watched_namespaces(docs: Sequence[Manifest]) -> tuple[str, ...]:
@@ -144,7 +152,8 @@ def without(role: Manifest, removed: Permission) -> Manifest:
 
 
 def install(cp: ControlPlane, overlay: str) -> None:
-    """``kubectl apply --server-side -k`` as the README says, then wait for the CRD."""
+    """``kubectl apply --server-side -k`` of deploy/crd, then of the overlay, as the README says."""
+    cp.kubectl("apply", "--server-side", "-k", str(DEPLOY / "crd"), timeout=120)
     cp.kubectl("apply", "--server-side", "-k", str(DEPLOY / overlay), timeout=120)
     cp.kubectl(
         "wait", "--for=condition=Established", "crd/cvmprelaunchscripts.cloud.phala.com", "--timeout=30s"

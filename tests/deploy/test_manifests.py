@@ -1,10 +1,12 @@
-"""The Kustomize install path: rendered shape, least-privilege RBAC, a security scan, and server-side
-dry runs (and RBAC checks) on the real local kube-apiserver."""
+"""The Kustomize install path: rendered shape, least-privilege RBAC, a security scan, server-side
+dry runs (and RBAC checks) on the real local kube-apiserver, the CRD installed apart (deleting an
+overlay keeps it and every resource), and the namespaced overlay moved by a user's `namespace:`."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import kubernetes.client
 import pytest
 import yaml
 
-from cvm_prelaunch_localenv import paths
+from cvm_prelaunch_localenv import paths, scenario
 from cvm_prelaunch_localenv.kube import ControlPlane
 
 ROOT = paths.repo_root()
@@ -25,11 +27,13 @@ OVERLAYS = ("overlays/cluster-wide", "overlays/namespaced")
 INSTALLABLE = ("crd", "base", *OVERLAYS)
 OPERATOR_NAMESPACE = "cvm-prelaunch-operator"
 OPERATOR_NAME = "cvm-prelaunch-operator"
+CRD_NAME = "cvmprelaunchscripts.cloud.phala.com"
+# The labels the operator's selectors use: never changed after an install, never added by kustomize.
+SELECTOR = {"app.kubernetes.io/name": "cvm-prelaunch-operator", "app.kubernetes.io/component": "operator"}
 # The RBAC checks install the overlay's RBAC under this name, so they never touch (or are skewed by)
 # an operator that another test installed under the real name.
 PROBE_NAME = "cvm-prelaunch-operator-rbac-probe"
 PROBE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{PROBE_NAME}"
-WATCHED_NAMESPACES = ("team-a", "team-b")
 RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 WAVE = "argocd.argoproj.io/sync-wave"
 
@@ -71,6 +75,35 @@ def render(path: str) -> tuple[dict[str, Any], ...]:
     return tuple(doc for doc in yaml.safe_load_all(completed.stdout) if doc)
 
 
+def wrapper(overlay: str, work: Path, namespace: str) -> Path:
+    """A user's kustomization that takes ``overlay`` and moves it with ``namespace:``."""
+    user = work / f"wrap-{overlay.replace('/', '-')}"
+    user.mkdir(parents=True, exist_ok=True)
+    (user / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": namespace,
+                "resources": [os.path.relpath(DEPLOY / overlay, user)],
+            }
+        )
+    )
+    return user
+
+
+def render_dir(path: Path) -> tuple[dict[str, Any], ...]:
+    completed = subprocess.run(
+        [str(paths.kubectl_bin()), "kustomize", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return tuple(doc for doc in yaml.safe_load_all(completed.stdout) if doc)
+
+
 def of_kind(docs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
@@ -90,8 +123,14 @@ def the_deployment(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:
+    """The container's environment; a field of the pod's metadata resolved as the kubelet would
+    (metadata.namespace: the Deployment's; metadata.name: a pod name)."""
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e.get("value", "") for e in container["env"]}
+    fields = {"metadata.namespace": deployment["metadata"]["namespace"], "metadata.name": "pod-a"}
+    return {
+        e["name"]: fields[e["valueFrom"]["fieldRef"]["fieldPath"]] if "valueFrom" in e else e.get("value", "")
+        for e in container["env"]
+    }
 
 
 # --- rendered shape -------------------------------------------------------------------------
@@ -148,12 +187,19 @@ def test_deployment_environment_is_what_the_operator_reads(overlay: str) -> None
 def test_watched_namespaces_per_overlay() -> None:
     assert env_of(the_deployment(render("overlays/cluster-wide")))["WATCH_NAMESPACES"] == ""
     namespaced = render("overlays/namespaced")
-    watched = env_of(the_deployment(namespaced))["WATCH_NAMESPACES"].split(",")
+    deployment = the_deployment(namespaced)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (watch,) = [e for e in container["env"] if e["name"] == "WATCH_NAMESPACES"]
+    # The pod's own namespace, wherever the Deployment is placed.
+    assert watch == {
+        "name": "WATCH_NAMESPACES",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    }
     roles = [r for r in of_kind(namespaced, "Role") if r["metadata"]["name"] == OPERATOR_NAME]
     bindings = [b for b in of_kind(namespaced, "RoleBinding") if b["metadata"]["name"] == OPERATOR_NAME]
-    assert sorted(watched) == sorted(r["metadata"]["namespace"] for r in roles)
-    assert sorted(watched) == sorted(b["metadata"]["namespace"] for b in bindings)
-    assert tuple(sorted(watched)) == WATCHED_NAMESPACES
+    assert [r["metadata"]["namespace"] for r in roles] == [OPERATOR_NAMESPACE]
+    assert [b["metadata"]["namespace"] for b in bindings] == [OPERATOR_NAMESPACE]
+    assert deployment["metadata"]["namespace"] == OPERATOR_NAMESPACE
 
 
 def test_cluster_wide_rbac_is_exactly_the_operators_api_usage() -> None:
@@ -177,7 +223,7 @@ def test_namespaced_rbac_has_only_roles_with_the_same_rules() -> None:
     docs = render("overlays/namespaced")
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
     roles = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] != LEASE_ROLE]
-    assert len(roles) == len(WATCHED_NAMESPACES)
+    assert len(roles) == 1
     for role in roles:
         assert rules_of(role) == EXPECTED_RULES
     for binding in (b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] != LEASE_ROLE):
@@ -229,34 +275,57 @@ def test_network_policy_selects_the_operator_and_allows_only_what_it_needs(overl
 
 
 @pytest.mark.parametrize("overlay", INSTALLABLE)
-def test_crds_land_first_when_argo_cd_syncs(overlay: str) -> None:
-    docs = render(overlay)
-    waves = {
-        (d["kind"], d["metadata"]["name"]): int(d["metadata"].get("annotations", {}).get(WAVE, 0))
-        for d in docs
-    }
-    crd_waves = [w for (kind, _), w in waves.items() if kind == "CustomResourceDefinition"]
-    assert crd_waves, "every install path ships the CRD"
-    others = [w for (kind, _), w in waves.items() if kind != "CustomResourceDefinition"]
-    assert max(crd_waves) < min(others, default=0)
-    namespaces = [w for (kind, _), w in waves.items() if kind == "Namespace"]
-    namespaced = [
-        w for (kind, _), w in waves.items() if kind not in {"Namespace", "CustomResourceDefinition"}
-    ]
-    assert max(namespaces, default=-1) < min(namespaced, default=0)
+def test_waves_put_the_crd_and_the_namespace_first(overlay: str) -> None:
+    """With Argo CD syncing deploy/crd and an overlay together, the CRD (wave -10) lands first, then
+    the Namespace (-5), then everything in it."""
+    waves = [(d["kind"], int(d["metadata"].get("annotations", {}).get(WAVE, 0))) for d in render(overlay)]
+    crd = [w for kind, w in waves if kind == "CustomResourceDefinition"]
+    namespaces = [w for kind, w in waves if kind == "Namespace"]
+    others = [w for kind, w in waves if kind not in {"Namespace", "CustomResourceDefinition"}]
+    assert max(crd, default=-10) == -10
+    assert -10 < max(namespaces, default=-5) <= -5 < min(others, default=0)
 
 
-def test_crd_is_installable_alone() -> None:
+def test_the_crd_is_installed_apart_from_every_overlay() -> None:
+    """Only deploy/crd holds the CRD: deleting an install path never deletes it (and with it every
+    CvmPreLaunchScript)."""
     docs = render("crd")
     assert [d["kind"] for d in docs] == ["CustomResourceDefinition"]
-    assert docs[0]["metadata"]["name"] == "cvmprelaunchscripts.cloud.phala.com"
+    assert docs[0]["metadata"]["name"] == CRD_NAME
+    assert docs[0]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for path in ("base", *OVERLAYS):
+        assert not of_kind(render(path), "CustomResourceDefinition"), path
 
 
-def test_example_application_points_at_an_overlay() -> None:
+def test_no_kustomization_writes_labels_into_selectors() -> None:
+    """A Deployment's selector is immutable, and a label added to a selector also narrows every
+    selector it lands in (it once made the NetworkPolicy's DNS rule select no resolver)."""
+    for path in DEPLOY.rglob("kustomization.yaml"):
+        for entry in yaml.safe_load(path.read_text()).get("labels") or []:
+            assert entry.get("includeSelectors") is not True, path
+        assert "commonLabels" not in yaml.safe_load(path.read_text()), path
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_selectors_name_the_operator_by_its_stable_labels(overlay: str) -> None:
+    docs = render(overlay)
+    deployment = the_deployment(docs)
+    assert deployment["spec"]["selector"] == {"matchLabels": SELECTOR}
+    assert SELECTOR.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    (budget,) = of_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"]["selector"] == {"matchLabels": SELECTOR}
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"] == {"matchLabels": SELECTOR}
+    (dns,) = [r for r in policy["spec"]["egress"] if any(p["port"] == 53 for p in r["ports"])]
+    assert [peer["podSelector"] for peer in dns["to"]] == [{"matchLabels": {"k8s-app": "kube-dns"}}]
+
+
+def test_example_application_installs_the_crd_and_an_overlay() -> None:
     application = yaml.safe_load((DEPLOY / "argocd" / "application.yaml").read_text())
     assert application["kind"] == "Application"
-    source = application["spec"]["source"]
-    assert source["path"] in {f"deploy/{o}" for o in OVERLAYS}
+    paths_ = [source["path"] for source in application["spec"]["sources"]]
+    assert paths_[0] == "deploy/crd"
+    assert paths_[1:] in ([f"deploy/{o}"] for o in OVERLAYS)
     assert application["spec"]["destination"]["namespace"] == OPERATOR_NAMESPACE
 
 
@@ -305,7 +374,7 @@ def cluster(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     of the Deployment is checked against the "restricted" standard) and removed afterwards.
     """
     created = []
-    for name in (OPERATOR_NAMESPACE, *WATCHED_NAMESPACES):
+    for name in (OPERATOR_NAMESPACE,):
         existed = control_plane.kubectl("get", "namespace", name, check=False).returncode == 0
         if not existed:
             control_plane.create_namespace(name, exist_ok=True)
@@ -373,9 +442,10 @@ def authz(cluster: ControlPlane) -> Iterator[kubernetes.client.AuthorizationV1Ap
 def _as_probe(doc: dict[str, Any]) -> dict[str, Any]:
     """The object with the operator's name replaced by PROBE_NAME wherever it names the identity."""
     renamed = copy.deepcopy(doc)
-    renamed["metadata"]["name"] = PROBE_NAME
+    # A prefix, not the whole name: the Lease's Role sits beside the operator's in one namespace.
+    renamed["metadata"]["name"] = renamed["metadata"]["name"].replace(OPERATOR_NAME, PROBE_NAME, 1)
     if "roleRef" in renamed:
-        renamed["roleRef"]["name"] = PROBE_NAME
+        renamed["roleRef"]["name"] = renamed["roleRef"]["name"].replace(OPERATOR_NAME, PROBE_NAME, 1)
     for subject in renamed.get("subjects", []):
         if subject["name"] == OPERATOR_NAME:
             subject["name"] = PROBE_NAME
@@ -405,11 +475,103 @@ def test_cluster_wide_operator_may_do_exactly_its_work_everywhere(
 
 
 @pytest.mark.parametrize("installed_rbac", ["overlays/namespaced"], indirect=True)
-def test_namespaced_operator_may_work_only_in_its_namespaces(
+def test_namespaced_operator_may_work_only_in_its_namespace(
     authz: kubernetes.client.AuthorizationV1Api, installed_rbac: str
 ) -> None:
-    for namespace in WATCHED_NAMESPACES:
-        assert _grants(authz, namespace) == EXPECTED_RULES
+    assert _grants(authz, OPERATOR_NAMESPACE) == EXPECTED_RULES | LEASE_RULES
     assert _grants(authz, "team-c") == {}
-    assert _grants(authz, OPERATOR_NAMESPACE) == LEASE_RULES
     assert not _allowed(authz, "", "cloud.phala.com", "cvmprelaunchscripts", "list")
+
+
+# --- the namespaced overlay, moved by a user's kustomization ---------------------------------
+
+
+def test_namespaced_overlay_wrapped_with_a_namespace_moves_all_of_it(tmp_path: Path) -> None:
+    docs = render_dir(wrapper("overlays/namespaced", tmp_path, "x"))
+    assert {d["kind"] for d in docs} == {d["kind"] for d in render("overlays/namespaced")}
+    # Everything is namespaced, and in x: nothing stays behind in the overlay's own namespace.
+    assert {d["metadata"].get("namespace") for d in docs} == {"x"}
+    assert not of_kind(docs, "Namespace")
+    roles = {r["metadata"]["name"]: r for r in of_kind(docs, "Role")}
+    assert rules_of(roles[OPERATOR_NAME]) == EXPECTED_RULES
+    assert rules_of(roles[LEASE_ROLE]) == LEASE_RULES
+    for binding in of_kind(docs, "RoleBinding"):
+        assert binding["roleRef"]["name"] in roles
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": "x"}]
+    deployment = the_deployment(docs)
+    env = env_of(deployment)
+    assert env["WATCH_NAMESPACES"] == env["POD_NAMESPACE"] == "x"
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == OPERATOR_NAME
+
+
+def test_cluster_wide_overlay_wrapped_with_a_namespace(tmp_path: Path) -> None:
+    docs = render_dir(wrapper("overlays/cluster-wide", tmp_path, "x"))
+    (namespace,) = of_kind(docs, "Namespace")
+    assert namespace["metadata"]["name"] == "x"
+    (binding,) = of_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": "x"}]
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] not in cluster_scoped} == {"x"}
+    assert env_of(the_deployment(docs))["WATCH_NAMESPACES"] == ""
+
+
+def _exists(cp: ControlPlane, *what: str) -> bool:
+    return cp.kubectl("get", *what, "-o", "name", check=False).returncode == 0
+
+
+@pytest.fixture
+def operator_namespace_restored(cluster: ControlPlane) -> Iterator[ControlPlane]:
+    """Deleting the cluster-wide overlay deletes the operator's Namespace; no namespace controller
+    runs here to finish that, so the control plane does it, and the module's namespace comes back."""
+    yield cluster
+    cluster.delete_namespace(OPERATOR_NAMESPACE)
+    cluster.create_namespace(OPERATOR_NAMESPACE, exist_ok=True)
+    cluster.kubectl("apply", "-f", str(DEPLOY / "operator" / "namespace.yaml"))
+
+
+def _apply_then_delete_keeps_the_crd(
+    cp: ControlPlane, path: Path, docs: tuple[dict[str, Any], ...], namespace: str
+) -> None:
+    """deploy/crd, then the install path, for real; a resource; then ``kubectl delete -k`` of the
+    install path, as the README says: the path's objects go, the CRD and the resource stay."""
+    cp.kubectl("apply", "--server-side", "-k", str(DEPLOY / "crd"), timeout=120)
+    cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
+    cp.kubectl("apply", "--server-side", "-k", str(path), timeout=120)
+    resource = scenario.cvm_prelaunch_script("kept", namespace, cvm_id="app_kept", config_map="kept-script")
+    scenario.apply(cp, resource)
+    crd_uid = cp.kubectl("get", f"crd/{CRD_NAME}", "-o", "jsonpath={.metadata.uid}").stdout
+
+    cp.kubectl("delete", "--wait=false", "-k", str(path), timeout=120)
+
+    for doc in docs:
+        name = f"{doc['kind'].lower()}/{doc['metadata']['name']}"
+        scope = ["-n", doc["metadata"]["namespace"]] if "namespace" in doc["metadata"] else []
+        gone = not _exists(cp, name, *scope) or doc["kind"] == "Namespace"  # Terminating, no controller
+        assert gone, f"{name} is still there"
+    assert cp.kubectl("get", f"crd/{CRD_NAME}", "-o", "jsonpath={.metadata.uid}").stdout == crd_uid
+    assert _exists(cp, "cvmprelaunchscripts.cloud.phala.com/kept", "-n", namespace)
+
+
+def test_deleting_the_cluster_wide_overlay_keeps_the_crd_and_the_resources(
+    operator_namespace_restored: ControlPlane, crd: Path, namespace: str
+) -> None:
+    path = DEPLOY / "overlays" / "cluster-wide"
+    _apply_then_delete_keeps_the_crd(
+        operator_namespace_restored, path, render("overlays/cluster-wide"), namespace
+    )
+
+
+def test_namespaced_overlay_moved_to_a_namespace_installs_there_and_deletes_without_the_crd(
+    control_plane: ControlPlane, crd: Path, namespace: str, tmp_path: Path
+) -> None:
+    """The wrapped overlay, applied for real in an existing namespace: the ServiceAccount may do its
+    work there and nowhere else; deleting it keeps the CRD and the resources."""
+    path = wrapper("overlays/namespaced", tmp_path, namespace)
+    docs = render_dir(path)
+    cp = control_plane
+    cp.kubectl("apply", "--server-side", "-k", str(path), timeout=120)
+    user = f"system:serviceaccount:{namespace}:{OPERATOR_NAME}"
+    for where, allowed in ((namespace, "yes"), ("default", "no")):
+        answer = cp.kubectl("auth", "can-i", "list", "configmaps", "-n", where, "--as", user, check=False)
+        assert answer.stdout.strip() == allowed, (where, answer.stdout)
+    _apply_then_delete_keeps_the_crd(cp, path, docs, namespace)
