@@ -293,6 +293,21 @@ class OperatorMetrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.chain_requests = Counter(
+            "chain_requests",
+            "Chain JSON-RPC requests (a batch counts once) by the question asked and whether it was answered",
+            ["method", "result"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.chain_request_duration = Histogram(
+            "chain_request_duration_seconds",
+            "Time of each chain JSON-RPC request, by the question asked.",
+            ["method"],
+            namespace=NAMESPACE,
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
         build_info = Gauge(
             "build_info",
             "The operator's version; always 1.",
@@ -324,6 +339,10 @@ class OperatorMetrics:
         self.kubernetes_requests.labels(
             method=method, resource=resource, code=str(status) if status is not None else "none"
         ).inc()
+
+    def observe_chain_request(self, method: str, seconds: float, ok: bool) -> None:
+        self.chain_requests.labels(method=method, result="ok" if ok else "error").inc()
+        self.chain_request_duration.labels(method=method).observe(seconds)
 
     def observe_transaction(self, outcome: str) -> None:
         self.transactions.labels(outcome=outcome).inc()

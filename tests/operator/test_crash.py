@@ -24,7 +24,7 @@ def in_flight(step: str, *, pending: bool | None = None) -> Callable[[Any], bool
         flight = (body.get("status") or {}).get("inFlight") or {}
         if flight.get("step") != step:
             return False
-        return pending is None or bool(flight.get("pendingTransaction")) == pending
+        return pending is None or bool(flight.get("transactions")) == pending
 
     return check
 

@@ -141,18 +141,21 @@ def test_suspended_makes_no_call(setup: Workbench, offchain_cvm: SimTarget, sim:
 
 
 def test_drift_reported(setup: Workbench, offchain_cvm: SimTarget, sim: SimulatorServer) -> None:
-    setup.create(offchain_cvm, driftPolicy="Report", driftCheckInterval="1s")
+    setup.create(offchain_cvm, driftPolicy="Report", driftCheckInterval="10m")
     setup.synced()
     sim.admin.update_cvm(offchain_cvm.id, pre_launch_script="#!/bin/sh\necho changed by hand\n")
+    # A spec edit makes the operator look at the CVM at once (the interval is at least 30 s).
+    scenario.patch_spec(setup.cp, setup.namespace, "app", {"driftCheckInterval": "30s"})
     body = setup.reason("app", "Drifted")
     assert scenario.condition(body)["status"] == "False"
     assert not stalled(body)
 
 
 def test_drift_corrected(setup: Workbench, offchain_cvm: SimTarget, sim: SimulatorServer) -> None:
-    setup.create(offchain_cvm, driftCheckInterval="1s")
+    setup.create(offchain_cvm, driftCheckInterval="10m")
     setup.synced()
     sim.admin.update_cvm(offchain_cvm.id, pre_launch_script="#!/bin/sh\necho changed by hand\n")
+    scenario.patch_spec(setup.cp, setup.namespace, "app", {"driftCheckInterval": "30s"})
     setup.wait(
         "app",
         lambda b: (

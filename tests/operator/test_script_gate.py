@@ -4,18 +4,11 @@ ConfigMap syncs it."""
 
 from __future__ import annotations
 
-import pytest
-
 from cvm_prelaunch_localenv import scenario
 from cvm_prelaunch_localenv.fixtures.operator import OperatorFactory
 from cvm_prelaunch_localenv.fixtures.simulator import SimTarget
 from cvm_prelaunch_localenv.scenario import Workbench
 from cvm_prelaunch_localenv.simulator import SimulatorServer
-
-# Remove once assembly.build_core hands ShellScriptChecker() to the typed-state engine.
-pytestmark = pytest.mark.xfail(
-    reason="the script gate is wired into the core by assembly (lead's integration)", strict=False
-)
 
 BROKEN = "#!/bin/bash\necho starting\nif [ -f /tmp/x ]; then\n  echo found\nfi fi\n"
 SHELLCHECK_ERROR = '#!/bin/sh\nname="$1"\nif [ -n $name ]; then\n  echo "set"\nfi\n'  # SC2070

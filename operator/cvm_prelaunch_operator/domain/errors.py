@@ -13,8 +13,6 @@ HTTP status or a web3 exception. Messages are safe to show: adapters redact secr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from cvm_prelaunch_operator.domain.models import ComposeHashChallenge
 from cvm_prelaunch_operator.domain.reasons import Reason
 
@@ -79,15 +77,6 @@ class StartOver(SyncError):
 
 class RecheckChain(SyncError):
     default_reason = Reason.REGISTRATION_REJECTED
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A failure as status records it: safe text and what to do about it."""
-
-    reason: Reason
-    message: str
-    permanent: bool
 
 
 class NotLeader(Exception):

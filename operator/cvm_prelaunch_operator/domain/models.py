@@ -76,30 +76,3 @@ class Operation:
 
 
 KNOWN_RUNNING = frozenset({"in_progress", "pending", "running", "queued", "started", "processing"})
-
-
-@dataclass(frozen=True)
-class PendingTransaction:
-    """A signed ``addComposeHash`` transaction, recorded before broadcast so a restart can resume it.
-
-    Nothing in here is secret: the raw transaction is public once broadcast and reveals no key.
-    """
-
-    chain_id: int
-    sender: str
-    nonce: int
-    tx_hash: str
-    raw_transaction: str  # 0x-prefixed hex of the signed bytes
-    compose_hash: str  # 0x + 64 hex
-    app_contract: str
-
-
-@dataclass(frozen=True)
-class Registration:
-    """A confirmed registration of a compose hash on the app contract."""
-
-    compose_hash: str
-    tx_hash: str
-    block_number: int
-    chain_id: int
-    reused: bool = False  # True when an existing registration was verified instead of sending one

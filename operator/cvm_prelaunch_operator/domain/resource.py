@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from cvm_prelaunch_operator.domain import config
 from cvm_prelaunch_operator.domain.fees import parse_gwei
-from cvm_prelaunch_operator.domain.models import PendingTransaction
 
 GROUP = "cloud.phala.com"
 VERSION = "v1alpha1"
@@ -155,143 +154,6 @@ class Spec:
         if self.on_chain:
             refs += [r for r in (self.on_chain.rpc_url_secret, self.on_chain.signer_key_secret) if r]
         return refs
-
-
-def pending_to_status(pending: PendingTransaction) -> dict[str, Any]:
-    return {
-        "chainId": pending.chain_id,
-        "sender": pending.sender,
-        "nonce": pending.nonce,
-        "txHash": pending.tx_hash,
-        "rawTransaction": pending.raw_transaction,
-        "composeHash": pending.compose_hash,
-        "appContract": pending.app_contract,
-    }
-
-
-def pending_from_status(raw: Mapping[str, Any]) -> PendingTransaction:
-    return PendingTransaction(
-        chain_id=int(raw["chainId"]),
-        sender=str(raw["sender"]),
-        nonce=int(raw["nonce"]),
-        tx_hash=str(raw["txHash"]),
-        raw_transaction=str(raw["rawTransaction"]),
-        compose_hash=str(raw["composeHash"]),
-        app_contract=str(raw["appContract"]),
-    )
-
-
-Step = Literal["Uploading", "AwaitingApproval", "Registering", "Applying", "Following"]
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """A sync under way. Written to status before every remote side effect (see reconcile.sync)."""
-
-    step: Step
-    script_sha256: str
-    started_at: str
-    config_map_resource_version: str | None = None
-    compose_hash: str | None = None  # exactly as the 465 gave it: echoed unchanged in Phase 2
-    device_id: str | None = None
-    chain_id: int | None = None
-    app_contract: str | None = None
-    pending_transaction: PendingTransaction | None = None
-    transaction_hash: str | None = None
-    correlation_id: str | None = None
-    phase2_attempts: int = 0
-    adopted: bool = False  # following an operation found running on resume, not one we saw accepted
-
-    def advance(self, **changes: Any) -> InFlight:
-        return replace(self, **changes)
-
-    def to_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "step": self.step,
-            "scriptSha256": self.script_sha256,
-            "startedAt": self.started_at,
-            "configMapResourceVersion": self.config_map_resource_version,
-            "composeHash": self.compose_hash,
-            "deviceId": self.device_id,
-            "chainId": self.chain_id,
-            "appContract": self.app_contract,
-            "pendingTransaction": pending_to_status(self.pending_transaction)
-            if self.pending_transaction
-            else None,
-            "transactionHash": self.transaction_hash,
-            "correlationId": self.correlation_id,
-            "phase2Attempts": self.phase2_attempts,
-            "adopted": self.adopted or None,
-        }
-        return out
-
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any] | None) -> InFlight | None:
-        if not raw or not raw.get("step") or not raw.get("scriptSha256"):
-            return None
-        pending = raw.get("pendingTransaction")
-        return cls(
-            step=raw["step"],
-            script_sha256=str(raw["scriptSha256"]),
-            started_at=str(raw.get("startedAt") or ""),
-            config_map_resource_version=raw.get("configMapResourceVersion"),
-            compose_hash=raw.get("composeHash"),
-            device_id=raw.get("deviceId"),
-            chain_id=int(raw["chainId"]) if raw.get("chainId") is not None else None,
-            app_contract=raw.get("appContract"),
-            pending_transaction=pending_from_status(pending) if pending else None,
-            transaction_hash=raw.get("transactionHash"),
-            correlation_id=raw.get("correlationId"),
-            phase2_attempts=int(raw.get("phase2Attempts") or 0),
-            adopted=bool(raw.get("adopted")),
-        )
-
-
-@dataclass(frozen=True)
-class KnownRegistration:
-    compose_hash: str
-    transaction_hash: str
-    block_number: int
-    chain_id: int
-
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "composeHash": self.compose_hash,
-            "transactionHash": self.transaction_hash,
-            "blockNumber": self.block_number,
-            "chainId": self.chain_id,
-        }
-
-
-MAX_REMEMBERED_REGISTRATIONS = 10
-
-
-def remember_registration(
-    existing: list[Mapping[str, Any]] | None, new: KnownRegistration
-) -> list[dict[str, Any]]:
-    """Newest first, one entry per (chain, hash), bounded."""
-    kept = [
-        dict(r)
-        for r in (existing or [])
-        if not (
-            normalise_hash(str(r.get("composeHash", "0" * 64))) == normalise_hash(new.compose_hash)
-            and r.get("chainId") == new.chain_id
-        )
-    ]
-    return [new.to_status(), *kept][:MAX_REMEMBERED_REGISTRATIONS]
-
-
-def known_transaction(
-    registrations: list[Mapping[str, Any]] | None, compose_hash: str, chain_id: int
-) -> str | None:
-    wanted = normalise_hash(compose_hash)
-    for r in registrations or []:
-        try:
-            if normalise_hash(str(r.get("composeHash"))) == wanted and r.get("chainId") == chain_id:
-                return str(r["transactionHash"])
-        except (InvalidSpec, KeyError):
-            continue
-    return None
 
 
 @dataclass(frozen=True)

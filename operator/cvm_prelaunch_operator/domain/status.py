@@ -117,6 +117,7 @@ class StatusView:
     """The fields of the status the core reads."""
 
     phase: str | None = None
+    observed_generation: int | None = None
     ready_reason: str | None = None
     conditions: tuple[Mapping[str, Any], ...] = ()
     script_sha256: str | None = None  # applied
@@ -144,6 +145,7 @@ class StatusView:
         ready = next((c for c in conditions if c.get("type") == "Ready"), None)
         return cls(
             phase=_text(raw.get("phase")),
+            observed_generation=_int(raw.get("observedGeneration")),
             ready_reason=_text(ready.get("reason")) if ready else None,
             conditions=conditions,
             script_sha256=_text(raw.get("scriptSha256")),

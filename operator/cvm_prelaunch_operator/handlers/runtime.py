@@ -15,8 +15,8 @@ from cvm_prelaunch_operator.domain.errors import NotLeader
 from cvm_prelaunch_operator.domain.resource import Spec
 from cvm_prelaunch_operator.domain.text import parse_time
 from cvm_prelaunch_operator.kube.cluster import Cluster, ObjectKey
+from cvm_prelaunch_operator.reconcile.engine import Reconciler
 from cvm_prelaunch_operator.reconcile.ports import StatusConflict
-from cvm_prelaunch_operator.reconcile.sync import Reconciler
 from cvm_prelaunch_operator.reconcile.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ class Runtime:
         # so every resource is looked at once by the new leader.
         self.active = active
         self._parked: set[ObjectKey] = set()
+        self._generations: dict[ObjectKey, object] = {}  # the generation the index was built from
         # A summary of every watched resource, for the metrics at scrape time.
         self.ready_states: dict[ObjectKey, ResourceSummary] = {}
 
@@ -185,6 +186,7 @@ class Runtime:
     def on_resource(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:
         if body is None:
             self.ready_states.pop(key, None)
+            self._generations.pop(key, None)
             old = self.index.remove(key)
             self.queue.forget(key)
             self._parked.discard(key)
@@ -192,10 +194,15 @@ class Runtime:
                 self._drop_unreferenced(key[0], old)
             return
         self.ready_states[key] = summarize(key, body)
-        old = self.index.remove(key)
-        self.index.update(key, references_of(body.get("spec") or {}))
-        if old is not None:
-            self._drop_unreferenced(key[0], old)
+        generation = (body.get("metadata") or {}).get("generation")
+        if generation is None or self._generations.get(key) != generation:
+            # The spec (and so what it references) changes only with the generation; the echoes of
+            # status writes, most of the events, skip parsing it again.
+            old = self.index.remove(key)
+            self.index.update(key, references_of(body.get("spec") or {}))
+            self._generations[key] = generation
+            if old is not None:
+                self._drop_unreferenced(key[0], old)
         version = str((body.get("metadata") or {}).get("resourceVersion", ""))
         if self.cluster.wrote(key, version):
             return  # the echo of our own status write: the pass that wrote it has planned what follows

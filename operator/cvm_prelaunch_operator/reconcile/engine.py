@@ -18,7 +18,9 @@ characters, the backoff (``RetryPolicy``; nothing is sent before ``nextRetryTime
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -146,17 +148,23 @@ class Reconciler:
         )
         self._clock = clock
         self._rpc_secrets: dict[tuple[str, str], Secret] = {}
+        self._closing: set[asyncio.Future[object]] = set()
 
     @property
     def policy(self) -> RetryPolicy:
         return self._ports.policy
 
     def secret_changed(self, namespace: str, name: str) -> None:
-        """A Secret changed: a cached RPC client for the URL it held is dropped."""
+        """A Secret changed: a cached RPC client for the URL it held is dropped (and closed)."""
         url = self._rpc_secrets.pop((namespace, name), None)
         forget = getattr(self._ports.chains, "forget", None)
-        if url is not None and callable(forget):
-            forget(url)
+        if url is None or not callable(forget):
+            return
+        closing = forget(url)
+        if inspect.isawaitable(closing):
+            task = asyncio.ensure_future(closing)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def reconcile(self, res: ResourceSnapshot, io: ResourceIO) -> Outcome:
         with logcontext.bound(res.namespace, res.name):

@@ -8,7 +8,7 @@ exception is ``NotLeader`` from a ``Fence``, which ends the pass without any fur
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,13 +20,7 @@ from cvm_prelaunch_operator.domain.chain import (
     Tracking,
     UnsignedTx,
 )
-from cvm_prelaunch_operator.domain.models import (
-    CvmInfo,
-    Operation,
-    PendingTransaction,
-    Registration,
-    UpdateAccepted,
-)
+from cvm_prelaunch_operator.domain.models import CvmInfo, Operation, UpdateAccepted
 from cvm_prelaunch_operator.domain.resource import ShellcheckLevel
 from cvm_prelaunch_operator.domain.secrets import Secret
 
@@ -193,53 +187,6 @@ class NoObserver:
 
     def signer_balance(self, chain_id: int, address: str, wei: int) -> None:
         return None
-
-
-# -- the registrar of the procedural reconciler (replaced by ChainClient + Signer) -------------------
-
-
-@dataclass(frozen=True)
-class ChainTarget:
-    """Where a registration lives: the RPC (whose URL may carry a key), the chain and the contract."""
-
-    rpc_url: Secret
-    chain_id: int
-    app_contract: str
-
-
-@dataclass(frozen=True)
-class RegistrationRequest:
-    target: ChainTarget
-    signer_key: Secret
-    compose_hash: str  # 0x + 64 hex
-    device_id: str | None
-    confirmations: int
-    known_tx_hash: str | None = None  # an earlier registration of the same hash, reusable if verified
-
-
-PersistPending = Callable[[PendingTransaction], Awaitable[None]]
-
-
-class Registrar(Protocol):
-    """Registers compose hashes on a DstackApp contract. Raises only ``domain.errors.SyncError``."""
-
-    async def register(
-        self,
-        request: RegistrationRequest,
-        *,
-        persist: PersistPending,
-        resume_from: PendingTransaction | None = None,
-    ) -> Registration:
-        """Send ``addComposeHash`` exactly once: ``persist`` is awaited with the signed transaction
-        before it is broadcast (if it raises, nothing is sent); ``resume_from`` is such a record from
-        an interrupted run, which is finished instead of signing anew."""
-        ...
-
-    async def verify_registration(
-        self, target: ChainTarget, compose_hash: str, tx_hash: str, confirmations: int
-    ) -> Registration:
-        """Check a transaction made elsewhere: succeeded, to the contract, logs the hash, hash allowed."""
-        ...
 
 
 # -- the cluster ------------------------------------------------------------------------------------

@@ -36,10 +36,13 @@ async def run(argv: Sequence[str], *, stdin: bytes, time_limit: float, output_li
     """Run ``argv`` with ``stdin`` as its input. Each output stream keeps at most ``output_limit`` bytes
     (the rest is read and dropped, so the child never blocks on a full pipe). The child runs in its own
     session: on timeout or cancellation the whole group is killed, grandchildren included."""
+    # The child's stdin is a plain pipe: some event loops (uvloop, which kopf uses when installed) give
+    # children socket pairs, and a shell cannot open /dev/stdin when it is a socket.
+    read_end, write_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE,
+            stdin=read_end,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=CHILD_ENV,
@@ -47,19 +50,16 @@ async def run(argv: Sequence[str], *, stdin: bytes, time_limit: float, output_li
             start_new_session=True,
         )
     except OSError as exc:  # FileNotFoundError, PermissionError, ENOEXEC
+        os.close(write_end)
         raise ToolMissing(f"{argv[0]}: {exc.strerror or exc}") from None
-    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    finally:
+        os.close(read_end)  # the child holds its own copy
+    assert process.stdout is not None and process.stderr is not None
 
-    async def feed(pipe: asyncio.StreamWriter) -> None:
-        try:
-            pipe.write(stdin)
-            await pipe.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the checker stopped reading (e.g. it failed early): its exit status says why
-        finally:
-            pipe.close()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await pipe.wait_closed()
+    async def feed() -> None:
+        # In a thread: a script larger than the pipe's buffer blocks the writer until the child reads,
+        # and a killed child ends the wait with EPIPE.
+        await asyncio.to_thread(_write_all, write_end, stdin)
 
     async def drain(stream: asyncio.StreamReader) -> bytes:
         kept = bytearray()
@@ -71,9 +71,7 @@ async def run(argv: Sequence[str], *, stdin: bytes, time_limit: float, output_li
     finished = False
     try:
         async with asyncio.timeout(time_limit):
-            _, out, err = await asyncio.gather(
-                feed(process.stdin), drain(process.stdout), drain(process.stderr)
-            )
+            _, out, err = await asyncio.gather(feed(), drain(process.stdout), drain(process.stderr))
             returncode = await process.wait()
         finished = True
     except TimeoutError:
@@ -86,6 +84,18 @@ async def run(argv: Sequence[str], *, stdin: bytes, time_limit: float, output_li
                 async with asyncio.timeout(_REAP_SECONDS):
                     await process.wait()
     return Completed(returncode, out, err)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    except OSError:
+        pass  # the checker stopped reading (it failed early, or was killed): its exit status says why
+    finally:
+        os.close(fd)
 
 
 def _kill_group(pid: int) -> None:

@@ -56,8 +56,9 @@ async def step(ctx: StepContext) -> Transition:
     interval = ctx.spec.drift_check_interval
     last = ctx.status.last_drift_check_at or 0.0
     was_drifted = ctx.status.ready_reason == Reason.DRIFTED
-    # After anything but Synced (a failure whose inputs changed since), look instead of trusting status.
-    recheck = ctx.status.phase != "Synced"
+    # After anything but Synced (a failure whose inputs changed since), or when the spec was edited,
+    # look at the CVM instead of trusting status.
+    recheck = ctx.status.phase != "Synced" or ctx.status.observed_generation != ctx.res.generation
     due = interval > 0 and ctx.now >= last + interval
     if not due and not recheck:
         return Transition(
