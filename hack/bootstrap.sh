@@ -38,4 +38,5 @@ if ! bin_dir="$(K8S_QUIET=1 bash hack/build-k8s.sh --check 2>/dev/null)"; then
   bin_dir="$(bash hack/build-k8s.sh)"
 fi
 echo ">> promtool (deploy/monitoring tests): $(bash hack/build-promtool.sh)"  # cold: ~2 min, then cached
+echo ">> helm (deploy/helm tests, hack/release.sh): $(bash hack/build-helm.sh)"  # cold: ~2 min, then cached
 echo ">> ready: kube binaries in $bin_dir"
