@@ -190,6 +190,9 @@ class FakeChain:
         self.last_mined_at = clock.now
         self.wrong_chain_id: int | None = None
         self.gas_estimate = 60_000
+        # anvil evicts a pending transaction priced out by the base fee and refuses new ones below it;
+        # geth keeps them pending. Both are played.
+        self.evicts_underpriced = False
 
     # -- world -------------------------------------------------------------------------------------
 
@@ -249,6 +252,10 @@ class FakeChain:
                 progressed = True
         block.txs = included
         self.blocks.append(block)
+        if self.evicts_underpriced:
+            for tx in list(self.mempool.values()):
+                if tx.max_fee < base_fee:
+                    del self.mempool[tx.tx_hash]
         return block
 
     def _nonce_with(self, sender: str, included: list[str]) -> int:
@@ -408,6 +415,8 @@ class FakeChain:
             return SendResult.KNOWN
         if tx.nonce < self.nonce_of(tx.sender):
             return SendResult.NONCE_TOO_LOW
+        if self.evicts_underpriced and tx.max_fee < (self.next_base_fee or self.base_fee):
+            return SendResult.UNDERPRICED
         rival = next(
             (t for t in self.mempool.values() if t.sender == tx.sender and t.nonce == tx.nonce), None
         )

@@ -80,11 +80,21 @@ class OperatorModel(RuleBasedStateMachine):
         manual=st.sampled_from([False, False, False, True]),
         signer=st.sampled_from([True, True, True, False]),
         drift=st.sampled_from(["0s", "30s"]),
+        evicts=st.booleans(),
     )
     def setup(
-        self, block_time: float, cvm: str, confirmations: int, manual: bool, signer: bool, drift: str
+        self,
+        block_time: float,
+        cvm: str,
+        confirmations: int,
+        manual: bool,
+        signer: bool,
+        drift: str,
+        evicts: bool,
     ) -> None:
         self.world = World(block_time=block_time)
+        for chain in self.world.chain.values():
+            chain.evicts_underpriced = evicts
         chain = on_chain(CHAIN_OF.get(cvm, CHAIN_A), signer=signer, confirmations=confirmations)
         if manual:
             chain["approval"] = "Manual"

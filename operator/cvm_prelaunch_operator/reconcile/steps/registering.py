@@ -165,7 +165,12 @@ async def decide(
         # Dropped by the node (restart, eviction): the same signed bytes are always safe to send again.
         client = await ctx.chain()
         ctx.may_act()
-        await client.send(newest.raw)
+        if await client.send(newest.raw) is SendResult.UNDERPRICED:
+            # Evicted because the base fee rose above its fee cap (anvil does, some pools do): the same
+            # bytes cannot come back, only a replacement can.
+            replaced = await _replace(ctx, state, base_fee=base_fee, why="the node dropped it as underpriced")
+            if replaced is not None:
+                return replaced
         return Transition(
             state=state,
             verdict=Verdict(
