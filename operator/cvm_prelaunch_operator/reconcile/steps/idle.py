@@ -56,10 +56,11 @@ async def step(ctx: StepContext) -> Transition:
     interval = ctx.spec.drift_check_interval
     last = ctx.status.last_drift_check_at or 0.0
     was_drifted = ctx.status.ready_reason == Reason.DRIFTED
-    # After anything but Synced (a failure whose inputs changed since), or when the spec was edited,
-    # look at the CVM instead of trusting status.
-    recheck = ctx.status.phase != "Synced" or ctx.status.observed_generation != ctx.res.generation
-    due = interval > 0 and ctx.now >= last + interval
+    # After anything but Synced (a failure whose inputs changed since), look at the CVM instead of
+    # trusting status; a spec edit makes the next drift check due at once.
+    recheck = ctx.status.phase != "Synced"
+    edited = ctx.status.observed_generation != ctx.res.generation
+    due = interval > 0 and (ctx.now >= last + interval or edited)
     if not due and not recheck:
         return Transition(
             state=None,
@@ -76,7 +77,7 @@ async def step(ctx: StepContext) -> Transition:
             state=None,
             verdict=synced_verdict(ctx, drifted=was_drifted),
             status=StatusPatch(last_drift_check_at=ctx.now, last_drift_check_error=cut(str(exc))),
-            requeue_after=min(interval, ctx.policy.drift_retry),
+            requeue_after=min(interval, ctx.policy.drift_retry) if interval > 0 else None,
         )
     drifted = script_sha256(remote.encode("utf-8")) != ctx.desired_sha256
     checked = StatusPatch(last_drift_check_at=ctx.now, last_drift_check_error=None)
