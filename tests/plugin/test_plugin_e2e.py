@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from plugin_kit import APPROVED, HASH_B, Cpls
 
@@ -55,9 +57,8 @@ def test_manual_approval_with_kubectl_cpls(
     wrong = cpls("approve", "app", "--hash", HASH_B)
     assert wrong.code == 1
     assert f"pending hash is {compose_hash}, not {HASH_B}" in wrong.err
-    assert APPROVED not in (
-        setup.cp.kubectl("get", "cpls", "app", "-n", setup.namespace, "-o", "json").stdout
-    )
+    resource = json.loads(setup.cp.kubectl("get", "cpls", "app", "-n", setup.namespace, "-o", "json").stdout)
+    assert APPROVED not in (resource["metadata"].get("annotations") or {})
     assert registrations(anvil, onchain_cvm.contract.address, compose_hash) == 0
 
     approved = cpls("approve", "app", "--hash", compose_hash)
