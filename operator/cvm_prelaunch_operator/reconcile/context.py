@@ -12,11 +12,12 @@ transition whose verdict is stalled instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from cvm_prelaunch_operator.domain.blocks import BlockClock, BlockClocks
+from cvm_prelaunch_operator.domain.chain import Tracking
 from cvm_prelaunch_operator.domain.conditions import Verdict
 from cvm_prelaunch_operator.domain.errors import Permanent
 from cvm_prelaunch_operator.domain.fees import ChainPolicy
@@ -134,6 +135,7 @@ class StepContext:
         self._signer_key: Secret | None = None
         self._signer_address: str | None = None
         self._held: list[asyncio.Lock] = []
+        self._tracked: dict[tuple[frozenset[str], str | None], Tracking] = {}
         # Set by the engine before each step.
         self.fresh = False  # the state was written by this pass: none of its side effects happened yet
         self.settling = False  # the state is stale: finish what was broadcast, start nothing new
@@ -191,6 +193,15 @@ class StepContext:
         if self._signer_address is None:
             self._signer_address = self.ports.signer.address(await self.signer_key())
         return self._signer_address
+
+    async def track(self, client: ChainClient, tx_hashes: Sequence[str], *, sender: str | None) -> Tracking:
+        """``client.track``, answered once per pass for the same transactions: a step that follows
+        another in the pass (mined, then confirmations) reads the same round, not a second one."""
+        key = (frozenset(tx_hashes), sender)
+        cached = self._tracked.get(key)
+        if cached is None:
+            cached = self._tracked[key] = await client.track(tx_hashes, sender=sender)
+        return cached
 
     def block_clock(self, chain_id: int) -> BlockClock:
         return self.ports.clocks.for_chain(chain_id)

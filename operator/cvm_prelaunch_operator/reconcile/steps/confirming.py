@@ -37,7 +37,7 @@ async def step(ctx: StepContext, state: AwaitingConfirmations) -> Transition:
     client = await ctx.chain()
     hashes = list(dict.fromkeys([state.tx_hash, *(v.tx_hash for v in state.versions)]))
     sender = state.versions[-1].sender if state.versions else None
-    tracking = await client.track(hashes, sender=sender)
+    tracking = await ctx.track(client, hashes, sender=sender)
     check_chain(tracking.chain_id, chain)
     observe_head(ctx, chain.chain_id, tracking)
     receipt = tracking.receipts.get(state.tx_hash)

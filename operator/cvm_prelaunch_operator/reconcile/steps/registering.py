@@ -86,14 +86,19 @@ async def step(ctx: StepContext, state: Registering) -> Transition:
         ctx.may_act()
         refused = await client.send(newest.raw) is SendResult.UNDERPRICED
     # Looked at right away too: an automining chain has mined it already.
-    tracking = await client.track([v.tx_hash for v in state.versions], sender=newest.sender)
+    tracking = await ctx.track(client, [v.tx_hash for v in state.versions], sender=newest.sender)
     check_chain(tracking.chain_id, chain)
     observe_head(ctx, chain.chain_id, tracking)
-    return await decide(ctx, state, tracking, refused_as_underpriced=refused)
+    return await decide(ctx, state, tracking, refused_as_underpriced=refused, just_sent=ctx.fresh)
 
 
 async def decide(
-    ctx: StepContext, state: Registering, tracking: Tracking, *, refused_as_underpriced: bool = False
+    ctx: StepContext,
+    state: Registering,
+    tracking: Tracking,
+    *,
+    refused_as_underpriced: bool = False,
+    just_sent: bool = False,
 ) -> Transition:
     """What the chain's answer about every version means."""
     chain = state.chain
@@ -125,6 +130,8 @@ async def decide(
             status=StatusPatch(transaction_hash=version.tx_hash),
             events=events,
             then="continue",
+            # A restart that lost it finds the same receipt from the Registering record it replaces.
+            lazy=True,
         )
     if tracking.mined_nonce is not None and tracking.mined_nonce > newest.nonce:
         # Two transactions with one nonce are never both mined: ours can never be.
@@ -398,7 +405,12 @@ async def _begin(ctx: StepContext, state: Registering) -> Transition:
         call_data=calldata,
     )
     check_chain(survey.chain_id, chain)
-    ctx.block_clock(chain.chain_id).observe(survey.head, ctx.now)
+    clock = ctx.block_clock(chain.chain_id)
+    clock.observe(survey.head, ctx.now)
+    if clock.needs_interval_sample:
+        # Once per chain and process: an older block's timestamp teaches the block interval.
+        older = clock.sample_block()
+        clock.learn_from(older, await client.block_timestamp(older))
     ctx.ports.observer.signer_balance(chain.chain_id, address, survey.signer_balance)
     start_block = state.start_block if state.start_block is not None else survey.head.number
     if survey.hash_allowed:

@@ -141,6 +141,9 @@ async def _challenge(ctx: StepContext, state: Uploading, challenge: ComposeHashC
         ),
         status=status,
         then="continue",
+        # Nothing is sent for it until it has a signed transaction, which is written before broadcast:
+        # a restart that lost it sends Phase 1 again, which changes nothing on an on-chain CVM.
+        lazy=True,
     )
 
 

@@ -1,0 +1,236 @@
+"""Pure pieces of the typed-state core: fees and the ceiling, retry timing, block timing, message
+cutting, RPC URL checks, and states that survive the round trip through status."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cvm_prelaunch_operator.domain.blocks import BlockClock
+from cvm_prelaunch_operator.domain.chain import (
+    Fees,
+    Head,
+    add_compose_hash_calldata,
+    compose_hash_of_calldata,
+)
+from cvm_prelaunch_operator.domain.fees import (
+    GWEI,
+    FeeCeiling,
+    OverCeiling,
+    format_gwei,
+    gas_limit,
+    is_valid_replacement,
+    parse_gwei,
+    priced_out,
+    quote,
+    replacement,
+)
+from cvm_prelaunch_operator.domain.retry import RetryPolicy, round_up_millis
+from cvm_prelaunch_operator.domain.rpc_url import rpc_url_problem
+from cvm_prelaunch_operator.domain.states import (
+    Applying,
+    AwaitingApproval,
+    AwaitingConfirmations,
+    ChainTarget,
+    CorruptState,
+    Following,
+    Registering,
+    SyncTarget,
+    TxVersion,
+    Uploading,
+    from_status,
+    to_status,
+)
+from cvm_prelaunch_operator.domain.text import MESSAGE_LIMIT, TRUNCATED, cut, format_time, parse_time
+
+CEILING = FeeCeiling(max_fee_per_gas=200 * GWEI, max_priority_fee_per_gas=5 * GWEI, gas_limit=500_000)
+HASH = "0x" + "ab" * 32
+
+
+@pytest.mark.parametrize(("text", "wei"), [("50", 50 * GWEI), ("0.25", GWEI // 4), ("1.000000001", GWEI + 1)])
+def test_gwei_amounts(text: str, wei: int) -> None:
+    assert parse_gwei(text) == wei
+    assert parse_gwei(format_gwei(wei)) == wei
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1.0000000001", "1e9", "0x10", "5 gwei"])
+def test_gwei_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="gwei"):
+        parse_gwei(text)
+
+
+def test_quote_caps_the_tip_and_targets_twice_the_base_fee() -> None:
+    fees = quote(base_fee=10 * GWEI, suggested_tip=20 * GWEI, gas_price=None, ceiling=CEILING)
+    assert fees == Fees(max_fee_per_gas=25 * GWEI, max_priority_fee_per_gas=5 * GWEI)
+
+
+def test_quote_fits_under_the_ceiling_when_inclusion_still_fits() -> None:
+    fees = quote(base_fee=150 * GWEI, suggested_tip=GWEI, gas_price=None, ceiling=CEILING)
+    assert fees == Fees(max_fee_per_gas=200 * GWEI, max_priority_fee_per_gas=GWEI)
+
+
+def test_quote_refuses_what_the_ceiling_cannot_pay() -> None:
+    refused = quote(base_fee=250 * GWEI, suggested_tip=GWEI, gas_price=None, ceiling=CEILING)
+    assert isinstance(refused, OverCeiling)
+    assert "251 gwei" in refused.message and "200 gwei" in refused.message
+
+
+@given(
+    old_max=st.integers(1, 150 * GWEI),
+    old_tip=st.integers(0, 4 * GWEI),
+    base=st.integers(0, 120 * GWEI),
+    suggested=st.one_of(st.none(), st.integers(0, 10 * GWEI)),
+)
+def test_a_replacement_is_a_valid_bump_within_the_ceiling(
+    old_max: int, old_tip: int, base: int, suggested: int | None
+) -> None:
+    previous = Fees(max_fee_per_gas=max(old_max, old_tip), max_priority_fee_per_gas=old_tip)
+    new = replacement(previous, base_fee=base, suggested_tip=suggested, ceiling=CEILING)
+    if isinstance(new, OverCeiling):
+        return
+    assert is_valid_replacement(previous, new)
+    assert new.max_fee_per_gas <= CEILING.max_fee_per_gas
+    assert new.max_priority_fee_per_gas is not None
+    assert new.max_priority_fee_per_gas <= CEILING.max_priority_fee_per_gas
+    assert new.max_fee_per_gas >= base + new.max_priority_fee_per_gas  # includable at today's base fee
+    assert new.max_fee_per_gas * 8 >= previous.max_fee_per_gas * 9
+    assert new.max_priority_fee_per_gas * 8 >= (previous.max_priority_fee_per_gas or 0) * 9
+
+
+def test_a_replacement_above_the_ceiling_is_not_signed() -> None:
+    previous = Fees(max_fee_per_gas=190 * GWEI, max_priority_fee_per_gas=GWEI)
+    assert isinstance(
+        replacement(previous, base_fee=180 * GWEI, suggested_tip=None, ceiling=CEILING), OverCeiling
+    )
+
+
+def test_priced_out_and_gas_limit() -> None:
+    assert (
+        priced_out(Fees(10, 1), 11) and not priced_out(Fees(10, 1), 10) and not priced_out(Fees(10, 1), None)
+    )
+    assert gas_limit(100_000, margin=1.25, ceiling=CEILING) == 125_001
+    assert gas_limit(450_000, margin=1.25, ceiling=CEILING) == 500_000
+    assert isinstance(gas_limit(10_000_000, margin=1.25, ceiling=CEILING), OverCeiling)
+
+
+def test_backoff_is_bounded_jittered_and_honours_retry_after() -> None:
+    policy = RetryPolicy()
+    rng = random.Random(7)
+    delays = [policy.backoff(n, rng=rng) for n in range(1, 20)]
+    assert all(1.0 <= d <= 300.0 for d in delays)
+    assert delays[-1] >= 150.0
+    assert policy.backoff(1, retry_after=4.0, rng=rng) >= 4.0
+    assert policy.backoff(1, retry_after=10_000.0, rng=rng) == 300.0
+    assert [policy.operation_poll(n) for n in range(6)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert policy.block_wait(0.0) == 1.0 and policy.block_wait(0.0, first_look=True) == 0.05
+    assert policy.block_wait(1000.0) == 30.0
+
+
+def test_times_that_gate_work_are_rounded_up() -> None:
+    moment = 1_800_000_000.0004
+    assert parse_time(format_time(moment, round_up=True)) >= moment  # type: ignore[operator]
+    assert round_up_millis(1.0001) == 1.001
+    assert parse_time("2026-11-27T08:13:55Z") == 1795767235.0
+    assert parse_time("yesterday") is None
+
+
+def test_messages_are_cut_with_a_marker() -> None:
+    assert cut("short") == "short"
+    long = cut("x" * 5000)
+    assert len(long) == MESSAGE_LIMIT and long.endswith(TRUNCATED)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://rpc.example.com/v2/key", True),
+        ("http://127.0.0.1:8545", True),
+        ("http://localhost:8545", True),
+        ("http://[::1]:8545", True),
+        ("http://rpc.example.com/v2/key", False),
+        ("ws://rpc.example.com", False),
+        ("file:///etc/passwd", False),
+    ],
+)
+def test_rpc_urls(url: str, allowed: bool) -> None:
+    problem = rpc_url_problem(url, allow_insecure=False)
+    assert (problem is None) == allowed
+    if problem is not None:
+        assert "key" not in problem.split("://", 1)[-1].split(" ", 1)[0] or "***" in problem
+    assert rpc_url_problem("http://rpc.example.com", allow_insecure=True) is None
+
+
+def test_block_clock_learns_interval_and_lag() -> None:
+    clock = BlockClock()
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1000.4)
+    assert clock.needs_interval_sample and clock.sample_block() == 2
+    clock.learn_from(2, 1000 - 16)
+    assert clock.interval == pytest.approx(2.0)
+    # Next block at 1002 + lag 0.4: seen from 1001.0 it is 1.45 s away (0.05 margin).
+    assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.45)
+    # Overdue: the next slot of the learned grid (the engine never looks more often than each second).
+    assert 0 < clock.seconds_to_next_block(1010.0) <= 2.0
+
+
+def test_calldata_round_trip() -> None:
+    data = add_compose_hash_calldata(HASH)
+    assert data.startswith("0xdfc77223") and compose_hash_of_calldata(data) == HASH
+    assert compose_hash_of_calldata("0xdeadbeef") is None
+
+
+TARGET = SyncTarget("cvm_1", "aa" * 32, 1_800_000_000.0, "17")
+CHAIN = ChainTarget(
+    compose_hash="AB" * 32, chain_id=8453, app_contract="0x" + "12" * 20, signer="0x" + "34" * 20
+)
+VERSION = TxVersion("0x" + "01" * 32, "0x02f8", "0x" + "34" * 20, 5, 70_000, Fees(3 * GWEI, GWEI), 99)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        Uploading(TARGET),
+        Uploading(TARGET, look_first=True, start_overs=2),
+        AwaitingApproval(TARGET, CHAIN, waiting_for="Approval", since=1_800_000_001.5),
+        AwaitingApproval(TARGET, CHAIN, waiting_for="Transaction", since=1_800_000_001.0),
+        Registering(TARGET, CHAIN),
+        Registering(TARGET, CHAIN, start_block=90, versions=(VERSION,), underpriced_since=95),
+        AwaitingConfirmations(TARGET, CHAIN, "0x" + "01" * 32, 100, "0x" + "cc" * 32, versions=(VERSION,)),
+        AwaitingConfirmations(TARGET, CHAIN, "0x" + "01" * 32, 100, "0x" + "cc" * 32, external=True),
+        Applying(TARGET, CHAIN, transaction_hash="0x" + "01" * 32, block_number=100, rechecks=3),
+        Following(
+            TARGET, "corr-1", 1_800_000_002.0, polls=4, adopted=True, chain=CHAIN, transaction_hash="0x01"
+        ),
+    ],
+)
+def test_states_survive_status(state: object) -> None:
+    written = to_status(state)  # type: ignore[arg-type]
+    assert from_status(written, now=0.0, default_cvm_id="other") == state
+
+
+def test_a_record_of_older_operators_is_read_and_a_broken_one_keeps_its_transactions() -> None:
+    legacy = {
+        "step": "Registering",
+        "scriptSha256": "aa" * 32,
+        "composeHash": HASH,
+        "chainId": 8453,
+        "appContract": "0x" + "12" * 20,
+        "pendingTransaction": {
+            "chainId": 8453,
+            "sender": "0x" + "34" * 20,
+            "nonce": 5,
+            "txHash": "0x" + "01" * 32,
+            "rawTransaction": "0x02f8",
+            "composeHash": HASH,
+            "appContract": "0x" + "12" * 20,
+        },
+    }
+    state = from_status(legacy, now=0.0, default_cvm_id="cvm_1")
+    assert isinstance(state, Registering) and state.versions[0].nonce == 5
+    assert state.target.cvm_id == "cvm_1" and state.chain.signer == "0x" + "34" * 20
+    broken = {**to_status(Registering(TARGET, CHAIN, versions=(VERSION,))), "chainId": "not a number"}
+    with pytest.raises(CorruptState) as caught:
+        from_status(broken, now=0.0, default_cvm_id="x")
+    assert caught.value.versions == (VERSION,)
