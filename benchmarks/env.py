@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -201,6 +202,17 @@ class Bench:
             for name, values in data.items()
         )
 
+    def create_secrets(self, namespace: str, count: int, *, kib: int, prefix: str) -> None:
+        """``count`` Opaque Secrets of ``kib`` KiB of random text each; each value is made by the call
+        that sends it, so the driver never holds them all."""
+        create = self.core().create_namespaced_secret
+
+        def one(index: int) -> None:
+            value = secrets.token_hex(kib * 512)[: kib * 1024]
+            create(namespace, _body(scenario.secret(f"{prefix}-{index}", namespace, {"blob": value})))
+
+        self.run_parallel(partial(one, i) for i in range(count))
+
     def create_fleet(
         self, namespace: str, count: int, *, prefix: str, shared_config_map: bool = False
     ) -> Fleet:
@@ -382,6 +394,24 @@ def metric_sum(samples: Mapping[str, float], name: str, **labels: str) -> float:
         if all(present.get(k) == v for k, v in labels.items()):
             total += value
     return total
+
+
+def kube_requests(samples: Mapping[str, float]) -> dict[str, float]:
+    """The operator's own Kubernetes requests so far, as ``"METHOD resource"`` -> count."""
+    counts: dict[str, float] = {}
+    for key, value in samples.items():
+        name, _, rest = key.partition("{")
+        if name != "cvm_prelaunch_kubernetes_requests_total":
+            continue
+        labels = dict(part.split("=", 1) for part in rest.rstrip("}").split(",") if part)
+        what = f"{labels.get('method', '?')} {labels.get('resource', '?')}"
+        counts[what] = counts.get(what, 0.0) + value
+    return counts
+
+
+def requests_between(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """Requests made between two readings of ``kube_requests``, by kind (kinds with none left out)."""
+    return {k: v - before.get(k, 0.0) for k, v in sorted(after.items()) if v - before.get(k, 0.0) > 0}
 
 
 def try_metrics(operator: OperatorProcess) -> dict[str, float] | None:

@@ -18,7 +18,11 @@ from benchmarks.env import (
     Bench,
     Fleet,
     error_lines,
+    kube_requests,
+    metric_samples,
     metric_sum,
+    process_cpu_seconds,
+    requests_between,
     script_text,
     try_metrics,
 )
@@ -37,6 +41,9 @@ Result = dict[str, Any]
 BASE_CHAIN_ID = 8453
 DOCKER_COMPOSE = "services:\n  web:\n    image: nginx:1.27-alpine\n"
 CLI_TIMEOUT_S = 180.0
+FLEET_NAMESPACE = "bench-fleet"
+NOISE_NAMESPACE = "bench-noise"
+BENCH_OPERATION_SECONDS = 0.05  # what benchmarks.env.Bench starts the simulator with
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,17 @@ class Sizes:
     noise_edits: int = 50
     fanout_resources: int = 200
     fanout_limit: int = 8
-    fanout_sweep: tuple[int, ...] = (2, 4, 16)  # further limits measured the same way
+    fanout_sweep: tuple[int, ...] = (16,)  # further limits measured the same way
     fanout_latency_ms: int = 50
     block_time: float = 2.0
     onchain_edits: int = 10
     cli_runs: int = 5
+    secrets_small: int = 10000
+    secrets_small_kib: int = 10
+    secrets_large: int = 20
+    secrets_large_kib: int = 1024
+    secrets_namespaces: int = 10
+    secrets_edits: int = 50
     soak_seconds: float = 600.0
     soak_resources: int = 100
     soak_edit_interval: float = 1.0
@@ -69,6 +82,10 @@ SMOKE = Sizes(
     fanout_resources=12,
     fanout_limit=4,
     fanout_sweep=(),
+    secrets_small=60,
+    secrets_large=2,
+    secrets_namespaces=2,
+    secrets_edits=3,
     block_time=1.0,
     onchain_edits=1,
     cli_runs=1,
@@ -90,7 +107,7 @@ class Run:
 
     @property
     def fleet_namespaces(self) -> tuple[str, ...]:
-        return ("bench-fleet", "bench-noise")
+        return (FLEET_NAMESPACE, NOISE_NAMESPACE)
 
 
 def target(what: str, measured: float, limit: float, unit: str, *, at_most: bool = True) -> dict[str, Any]:
@@ -108,25 +125,144 @@ def rss(operator: OperatorProcess) -> dict[str, float]:
     return {k: round(v, 1) for k, v in process_memory(operator.pid).items()}
 
 
+# -- what a sync costs the operator ----------------------------------------------------------------
+
+INPUT_READS = ("GET secrets", "GET configmaps")
+EVENT_POSTS = ("POST events",)
+LEASE_CALLS = ("GET leases", "PUT leases", "POST leases")
+MAX_REQUESTS_PER_SYNC = 4  # plus one per input read (issue 12)
+MAX_CPU_MS_PER_SYNC = 5.0
+
+
+@dataclass(frozen=True)
+class SyncCost:
+    """The operator's CPU time and its own Kubernetes requests over ``syncs`` syncs."""
+
+    syncs: int
+    cpu_seconds: float
+    requests: dict[str, float]
+
+    @classmethod
+    def measure(
+        cls, operator: OperatorProcess, syncs: int, cpu_before: float, before: dict[str, float]
+    ) -> SyncCost:
+        after = kube_requests(metric_samples(operator))
+        return cls(syncs, process_cpu(operator) - cpu_before, requests_between(before, after))
+
+    def per_sync(self, kinds: tuple[str, ...] | None = None) -> float:
+        chosen = [
+            v for k, v in self.requests.items() if (kinds is None or k in kinds) and k not in LEASE_CALLS
+        ]
+        return sum(chosen) / self.syncs
+
+    def cpu_ms(self) -> float:
+        return self.cpu_seconds * 1000 / self.syncs
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "operator_cpu_ms_per_sync": round(self.cpu_ms(), 2),
+            "kubernetes_requests_per_sync": round(self.per_sync(), 2),
+            "kubernetes_requests_per_sync_by_kind": {
+                k: round(v / self.syncs, 2) for k, v in self.requests.items() if k not in LEASE_CALLS
+            },
+            "input_reads_per_sync": round(self.per_sync(INPUT_READS), 2),
+            "events_per_sync": round(self.per_sync(EVENT_POSTS), 2),
+        }
+
+    def targets(self, label: str) -> list[dict[str, Any]]:
+        inputs = self.per_sync(INPUT_READS)
+        return [
+            target(
+                f"{label}: operator CPU per sync",
+                self.cpu_seconds * 1000 / self.syncs,
+                MAX_CPU_MS_PER_SYNC,
+                "ms",
+            ),
+            target(
+                f"{label}: Kubernetes requests per sync, input reads ({inputs:.2f}) not counted",
+                self.per_sync() - inputs,
+                MAX_REQUESTS_PER_SYNC,
+                "",
+            ),
+        ]
+
+
+def process_cpu(operator: OperatorProcess) -> float:
+    assert operator.pid is not None
+    return process_cpu_seconds(operator.pid)
+
+
 # -- the fleet shared by reaction, restart and noise --------------------------------------------------
 
 
 def ensure_fleet(run: Run) -> tuple[Fleet, OperatorProcess]:
+    """The fleet and an operator over it, all Synced. The first time, the operator's first sync of the
+    fleet is measured (time from the process start, CPU and Kubernetes requests per sync), with the
+    simulator's operations completing at once."""
     if run.fleet is not None and run.fleet_operator is not None and run.fleet_operator.alive():
         return run.fleet, run.fleet_operator
     bench = run.bench
     for namespace in run.fleet_namespaces:
         bench.namespace(namespace)
+    if run.fleet is not None:
+        run.fleet_operator = bench.start_operator(run.fleet_namespaces, name=f"fleet-{len(run.results)}")
+        bench.wait_fleet_synced(run.fleet, timeout=max(120.0, run.sizes.fleet * 0.6))
+        return run.fleet, run.fleet_operator
     began = time.monotonic()
-    if run.fleet is None:
-        run.fleet = bench.create_fleet("bench-fleet", run.sizes.fleet, prefix="app")
+    fleet = run.fleet = bench.create_fleet(FLEET_NAMESPACE, run.sizes.fleet, prefix="app")
     created = time.monotonic() - began
-    run.fleet_operator = bench.start_operator(run.fleet_namespaces, name=f"fleet-{len(run.results)}")
-    synced = bench.wait_fleet_synced(run.fleet, timeout=max(120.0, run.sizes.fleet * 0.6))
-    run.results.setdefault(
-        "_fleet", {"created_seconds": round(created, 1), "initial_sync_seconds": round(synced, 1)}
-    )
-    return run.fleet, run.fleet_operator
+    admin = bench.simulator.admin
+    admin.settings(operation_seconds=0)
+    since = bench.list_version(fleet.namespace)
+    try:
+        started = time.monotonic()
+        operator = run.fleet_operator = bench.start_operator(run.fleet_namespaces, name="fleet-0")
+        healthy = time.monotonic()
+        cpu_before = process_cpu(operator)
+        synced = bench.watch_fleet_synced(fleet, since, timeout=max(120.0, run.sizes.fleet * 0.6))
+        time.sleep(0.5)  # the Events of the last syncs
+        # Requests from the process start (it made none before); CPU from its health check on, so that
+        # the interpreter's start-up (imports, about a second) is not spread over the syncs.
+        cost = SyncCost.measure(operator, len(fleet), cpu_before, {})
+    finally:
+        admin.settings(operation_seconds=BENCH_OPERATION_SECONDS)
+    run.results["_fleet"] = {
+        "created_seconds": round(created, 1),
+        "initial_sync_seconds": round(synced - started, 2),
+        "process_start_to_healthy_seconds": round(healthy - started, 2),
+        "cpu_seconds_to_healthy": round(cpu_before, 2),
+        "cost": cost,
+    }
+    return fleet, operator
+
+
+def first_sync(run: Run) -> Result:
+    fleet, operator = ensure_fleet(run)
+    figures = run.results["_fleet"]
+    cost: SyncCost = figures["cost"]
+    return {
+        "title": f"First sync: an operator starts over {len(fleet)} new resources (simulator at 0 ms)",
+        "figures": {
+            "resources": len(fleet),
+            "created_seconds": figures["created_seconds"],
+            "process_start_to_healthy_seconds": figures["process_start_to_healthy_seconds"],
+            "process_start_to_all_synced_seconds": figures["initial_sync_seconds"],
+            "operator_cpu_seconds_to_healthy": figures["cpu_seconds_to_healthy"],
+            **cost.figures(),
+            "operator_memory_mib": rss(operator),
+        },
+        "targets": [
+            target("all Synced, from the process start", figures["initial_sync_seconds"], 20, "s"),
+            *cost.targets("first sync"),
+        ],
+        "notes": [
+            "Each resource has its own ConfigMap; all share one API-key Secret. The simulator's operations "
+            "complete at once. Requests are counted from the process start, CPU from the moment it "
+            "answers its health check (the interpreter's start-up is reported apart), both to the last "
+            "resource Synced as a watch of the resources sees it; requests are the operator's own (its "
+            "metric cvm_prelaunch_kubernetes_requests_total), kopf's list and watch not included.",
+        ],
+    }
 
 
 def _phase1_of(cvm: str) -> Callable[[LoggedRequest], bool]:
@@ -277,7 +413,7 @@ def noise(run: Run) -> Result:
         f"noise-{i}": {"blob": (secrets.token_hex(payload_chars // 2 + 1))[:payload_chars]}
         for i in range(sizes.noise_configmaps)
     }
-    bench.create_configmaps("bench-noise", data)
+    bench.create_configmaps(NOISE_NAMESPACE, data)
     del data
     created = time.monotonic() - began
     live = settle_rss(operator, minimum=2 * settle, timeout=60.0)
@@ -330,10 +466,104 @@ def noise(run: Run) -> Result:
     }
 
 
+# -- secrets -------------------------------------------------------------------------------------------
+
+
+def _reaction_targets(quiet: list[float], noisy: list[float], what: str) -> tuple[list[dict[str, Any]], str]:
+    """p50 with ``what`` present against p50 without: "unchanged within noise" means the median may
+    rise by at most the quiet run's p90 - p50 spread (at least 5 ms)."""
+    quiet_stats, noisy_stats = summary(quiet), summary(noisy)
+    spread = max(quiet_stats["p90"] - quiet_stats["median"], 5.0)
+    return [
+        target(f"p50 with {what} - p50 without", noisy_stats["median"] - quiet_stats["median"], spread, "ms"),
+        target(f"p50 with {what}", noisy_stats["median"], 100, "ms"),
+    ], (
+        f"Unchanged within noise: the median may rise by at most the run without {what}'s p90 - p50 "
+        f"spread ({spread:.1f} ms, at least 5 ms)."
+    )
+
+
+def secrets_scenario(run: Run) -> Result:
+    """Unreferenced Secrets in other namespaces, as a cluster with many Helm releases has: the operator
+    (cluster-wide, as the default install runs) follows Secrets metadata-only, so their values never
+    reach it."""
+    sizes = run.sizes
+    bench = run.bench
+    fleet, operator = ensure_fleet(run)
+    operator.kill()
+    operator = run.fleet_operator = bench.start_operator((), name="secrets-cluster-wide")
+    try:
+        wait_reconfirmed(operator, len(fleet), timeout=120.0)
+        settle = 1.0 if run.smoke else 3.0
+        baseline = settle_rss(operator, minimum=settle, timeout=30.0)
+        quiet = measure_reactions(run, sizes.secrets_edits, "secrets-quiet")
+        namespaces = [bench.namespace(f"bench-secrets-{i}") for i in range(sizes.secrets_namespaces)]
+        began = time.monotonic()
+        per_namespace = math.ceil(sizes.secrets_small / len(namespaces))
+        for i, namespace in enumerate(namespaces):
+            count = min(per_namespace, sizes.secrets_small - i * per_namespace)
+            bench.create_secrets(namespace, max(0, count), kib=sizes.secrets_small_kib, prefix="small")
+        for i in range(sizes.secrets_large):
+            namespace = namespaces[i % len(namespaces)]
+            bench.create_secrets(namespace, 1, kib=sizes.secrets_large_kib, prefix=f"large-{i}")
+        created = time.monotonic() - began
+        live = settle_rss(operator, minimum=2 * settle, timeout=60.0)
+        noisy = measure_reactions(run, sizes.secrets_edits, "secrets")
+        # A restart lists every Secret of the cluster (metadata only).
+        operator.kill()
+        operator = run.fleet_operator = bench.start_operator((), name="secrets-restarted")
+        samples = wait_reconfirmed(operator, len(fleet), timeout=120.0)
+        after_restart = settle_rss(operator, minimum=settle, timeout=30.0)
+        secret_reads = kube_requests(samples).get("GET secrets", 0.0)
+        memory = rss(operator)
+    finally:
+        if run.fleet_operator is not None:
+            run.fleet_operator.kill()  # cluster-wide: it must not act on the next scenarios' resources
+            run.fleet_operator = None
+    for namespace in namespaces:
+        bench.cp.delete_namespace(namespace, timeout=120.0)
+    growth = max(live, after_restart) - baseline
+    reaction_targets, reaction_note = _reaction_targets(quiet, noisy, "the Secrets")
+    total_mib = (
+        sizes.secrets_small * sizes.secrets_small_kib + sizes.secrets_large * sizes.secrets_large_kib
+    ) / 1024
+    return {
+        "title": (
+            f"Secrets: {sizes.secrets_small} unreferenced Secrets of {sizes.secrets_small_kib} KiB and "
+            f"{sizes.secrets_large} of {sizes.secrets_large_kib} KiB ({total_mib:.0f} MiB of values) in "
+            f"{len(namespaces)} other namespaces, operator cluster-wide"
+        ),
+        "figures": {
+            "secrets": sizes.secrets_small + sizes.secrets_large,
+            "values_mib": round(total_mib, 1),
+            "create_seconds": round(created, 1),
+            "baseline_rss_mib": baseline,
+            "rss_after_secrets_mib": live,
+            "rss_after_restart_with_secrets_mib": after_restart,
+            "rss_growth_mib": round(growth, 1),
+            "secret_gets_by_the_restarted_operator": secret_reads,
+            "operator_memory_after_restart_mib": memory,
+        },
+        "latency_ms": {
+            "edit to Phase-1 PATCH, with the Secrets": summary(noisy),
+            "edit to Phase-1 PATCH, without them (same operator)": summary(quiet),
+        },
+        "samples_ms": {"with the Secrets": [round(x, 1) for x in noisy]},
+        "targets": [target("RSS growth over the baseline", growth, 20, "MiB"), *reaction_targets],
+        "notes": [
+            "Baseline: the cluster-wide operator's RSS over the Synced fleet before the Secrets existed. "
+            "Growth is the larger of the RSS once they arrived through the watch and the RSS of an operator "
+            "restarted with them present. Secret GETs: what the restarted operator read with values (only "
+            "Secrets that a resource references).",
+            reaction_note,
+        ],
+    }
+
+
 # -- fan-out -------------------------------------------------------------------------------------------
 
 
-def _fanout_once(run: Run, fleet: Fleet, limit: int) -> dict[str, Any]:
+def _fanout_once(run: Run, fleet: Fleet, limit: int) -> tuple[dict[str, Any], SyncCost]:
     """One edit of the shared ConfigMap under ``limit`` concurrent remote calls, from a fresh operator."""
     sizes = run.sizes
     bench = run.bench
@@ -349,10 +579,13 @@ def _fanout_once(run: Run, fleet: Fleet, limit: int) -> dict[str, Any]:
         admin.clear_requests()
         since = bench.list_version(fleet.namespace)
         cpu_before = bench.cpu_seconds(operator)
+        requests_before = kube_requests(metric_samples(operator))
         began = time.monotonic()
         bench.edit_script(fleet, fleet.config_maps[0], script_text(f"fan-out {secrets.token_hex(4)}"))
         elapsed = bench.watch_fleet_synced(fleet, since, timeout=300.0) - began
         cpu_after = bench.cpu_seconds(operator)
+        time.sleep(0.5)  # Events are posted after the status that reports the sync: let them land
+        cost = SyncCost.measure(operator, len(fleet), cpu_before["operator"], requests_before)
         requests = admin.requests()
         peak_server = admin.peak_concurrency()
     finally:
@@ -381,7 +614,8 @@ def _fanout_once(run: Run, fleet: Fleet, limit: int) -> dict[str, Any]:
         "cpu_seconds_during_sync": {
             name: round(cpu_after[name] - cpu_before.get(name, 0.0), 2) for name in cpu_after
         },
-    }
+        **cost.figures(),
+    }, cost
 
 
 def _fanout_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -416,12 +650,13 @@ def fanout(run: Run) -> Result:
         run.fleet_operator = None
     namespace = bench.namespace("bench-fanout")
     fleet = bench.create_fleet(namespace, sizes.fanout_resources, prefix="fan", shared_config_map=True)
-    primary = _fanout_once(run, fleet, sizes.fanout_limit)
-    targets = _fanout_targets(primary)
+    primary, cost = _fanout_once(run, fleet, sizes.fanout_limit)
+    targets = _fanout_targets(primary) + cost.targets(f"limit {sizes.fanout_limit}")
     sweep = {}
     for limit in sizes.fanout_sweep:
         if limit != sizes.fanout_limit:
-            sweep[f"limit_{limit}"] = figures = _fanout_once(run, fleet, limit)
+            figures, _cost = _fanout_once(run, fleet, limit)
+            sweep[f"limit_{limit}"] = figures
             targets += _fanout_targets(figures)
     return {
         "title": (
@@ -443,6 +678,8 @@ def fanout(run: Run) -> Result:
                     "ratio_to_ideal",
                     "peak_concurrency_log",
                     "cpu_seconds_during_sync",
+                    "operator_cpu_ms_per_sync",
+                    "kubernetes_requests_per_sync",
                 )
             },
         },
@@ -709,9 +946,11 @@ def soak(run: Run) -> Result:
 
 
 SCENARIOS: dict[str, Callable[[Run], Result]] = {
+    "first_sync": first_sync,
     "reaction": reaction,
     "restart": restart,
     "noise": noise,
+    "secrets": secrets_scenario,
     "fanout": fanout,
     "onchain": onchain,
     "soak": soak,

@@ -13,7 +13,7 @@ import pytest
 
 from cvm_prelaunch_localenv.paths import repo_root
 
-SCENARIOS = ("reaction", "restart", "noise", "fanout", "onchain", "soak")
+SCENARIOS = ("first_sync", "reaction", "restart", "noise", "secrets", "fanout", "onchain", "soak")
 SMOKE_TIMEOUT_S = 240
 
 pytestmark = pytest.mark.slow
@@ -78,6 +78,16 @@ def test_properties_that_hold_at_any_size(smoke_report: dict[str, Any]) -> None:
     assert soak["edits"] >= 1
     onchain = scenarios["onchain"]["figures"]
     assert onchain["operator_edits"] >= 1
+    # What a sync costs is reported with its parts (issue 12).
+    for figures in (scenarios["first_sync"]["figures"], fanout):
+        assert figures["operator_cpu_ms_per_sync"] > 0
+        by_kind = figures["kubernetes_requests_per_sync_by_kind"]
+        assert by_kind["GET cvmprelaunchscripts"] >= 1 and by_kind["PATCH cvmprelaunchscripts/status"] >= 1
+        assert figures["kubernetes_requests_per_sync"] == pytest.approx(sum(by_kind.values()), abs=0.05)
+    # Unreferenced Secrets are never read with their values: only the fleet's one API-key Secret is.
+    secrets = scenarios["secrets"]["figures"]
+    assert secrets["secrets"] >= 1
+    assert secrets["secret_gets_by_the_restarted_operator"] <= scenarios["first_sync"]["figures"]["resources"]
 
 
 def test_results_directory_is_ignored_by_git() -> None:

@@ -17,6 +17,22 @@ LIST_CHUNK_SIZE = 250
 WORKER_IDLE_SECONDS = 0.2
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf copies every object it receives (a deep copy of the whole body) to tell what changed for
+    on.update/on.field handlers. There are none here: the handlers are on.event, which take each event
+    as it comes. Without the copy kopf's CPU per event halves, and a stream of large unreferenced
+    ConfigMaps is not copied at all."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence | None:  # type: ignore[override]
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def build_registry(
     runtime: Runtime, *, on_started: Callable[[], None] | None = None
 ) -> kopf.OperatorRegistry:
@@ -43,6 +59,7 @@ def build_registry(
         # wait is enough; kopf's 5 s default would hold every ConfigMap of a listing (thousands,
         # none of them referenced) in memory at the same time.
         settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
+        settings.persistence.diffbase_storage = NoDiffBase()
 
     @kopf.on.startup(registry=registry)
     async def started(**_: Any) -> None:

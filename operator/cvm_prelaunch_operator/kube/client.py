@@ -183,6 +183,7 @@ class KubeClient:
                 headers={"User-Agent": self._user_agent, "Accept": JSON},
                 trust_env=False,  # the kubeconfig says whether a proxy is used, not the environment
                 auto_decompress=True,
+                cookie_jar=aiohttp.DummyCookieJar(),  # the API server sets no cookie worth keeping
             )
         return self._session
 
