@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from model_fakes import GWEI, PatchRecord, SendRecord
 from model_world import CHAIN_A, CHAIN_B, OTHER, OWNER, World, on_chain, spec
 
@@ -260,6 +260,17 @@ class OperatorModel(RuleBasedStateMachine):
     def move_ownership(self, owner: str, chain_id: int) -> None:
         for contract in self.world.chain[chain_id].contracts.values():
             contract.owner = owner
+
+    @precondition(lambda self: bool((self.world.store.status.get("inFlight") or {}).get("transactions")))
+    @rule()
+    def ownership_moves_under_a_pending_registration(self) -> None:
+        """Between signing and mining the owner changes: the registration reverts when mined."""
+        flight = self.world.store.status["inFlight"]
+        chain = self.world.chain.get(flight.get("chainId"))
+        if chain is not None:
+            for contract in chain.contracts.values():
+                contract.owner = OTHER
+            chain.mine()
 
     # -- faults -------------------------------------------------------------------------------------
 
