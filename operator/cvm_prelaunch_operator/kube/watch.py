@@ -32,6 +32,7 @@ PAGE_SIZE: Final = 500
 WATCH_SECONDS: Final = (240, 300)
 SILENCE_MARGIN: Final = 30.0
 LIST_TIMEOUT: Final = 60.0
+KEPT_METADATA: Final = ("namespace", "name", "uid", "resourceVersion", "generation")
 QUICK_END: Final = 1.0  # a watch that ends sooner than this without a single event counts as a failure
 
 
@@ -93,10 +94,10 @@ class Watcher:
     def __repr__(self) -> str:
         return f"Watcher({self._path}, metadata_only={self._metadata_only})"
 
-    async def run(self) -> None:
-        """Until cancelled."""
+    async def run(self, since: str | None = None) -> None:
+        """Until cancelled. With ``since``, watch from that resourceVersion first instead of listing."""
         loop = asyncio.get_running_loop()
-        version: str | None = None
+        version: str | None = since
         failures = 0
         while True:
             try:
@@ -135,6 +136,18 @@ class Watcher:
                 logger.warning("unreadable answer while watching %s (%s); listing again", self._path, exc)
                 await asyncio.sleep(delay)
 
+    def _shape(self, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+        """In metadata-only mode, only what identifies the object and its version goes on. Annotations
+        are dropped at once: a Secret applied with client-side ``kubectl apply`` repeats its values in
+        one (``last-applied-configuration``), and metadata is all the API server can leave out."""
+        if not self._metadata_only:
+            return obj
+        meta = obj.get("metadata") or {}
+        return {
+            "kind": obj.get("kind"),
+            "metadata": {key: meta[key] for key in KEPT_METADATA if key in meta},
+        }
+
     async def _list(self) -> str:
         self.lists += 1
         params = {"limit": str(self._page_size)}
@@ -161,7 +174,7 @@ class Watcher:
                 self._sink.relisting()
                 started = True
             for item in page.get("items") or []:
-                self._sink.event("ADDED", item)
+                self._sink.event("ADDED", self._shape(item))
             meta = page.get("metadata") or {}
             token = meta.get("continue")
             if not token:
@@ -207,7 +220,7 @@ class Watcher:
                 if new_version:
                     version = str(new_version)
                 if type_ in ("ADDED", "MODIFIED", "DELETED"):
-                    self._sink.event(type_, obj)
+                    self._sink.event(type_, self._shape(obj))
         return version, delivered
 
 

@@ -1,0 +1,210 @@
+"""The operator's own Kubernetes client and its metadata-only watch, against the real API server.
+
+- The Secret watch never carries a value: the server answers with PartialObjectMetadata, and a
+  Secret's ``data`` (or a ``last-applied-configuration`` that would repeat it) is not what the sink
+  receives beyond metadata.
+- A new listing tells the sink which objects it no longer contains; a 410 Gone makes the watcher
+  list again (a scripted server plays the 410, which the real one cannot be made to send on demand).
+- A 401 makes the client load its credentials again (a rotated token) and repeat the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from kubernetes import client as k8s_client
+
+from cvm_prelaunch_localenv import scenario
+from cvm_prelaunch_localenv.kube import ControlPlane
+from cvm_prelaunch_operator.kube.client import Credentials, KubeApiError, KubeClient, load_credentials
+from cvm_prelaunch_operator.kube.watch import Backoff, Watcher
+
+
+@dataclass
+class Recorder:
+    """A WatchSink that keeps everything it is told."""
+
+    events: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
+    listings: int = 0
+    listed: list[set[str]] = field(default_factory=list)
+    _current: set[str] | None = None
+
+    def relisting(self) -> None:
+        self.listings += 1
+        self._current = set()
+
+    def event(self, type_: str, obj: Mapping[str, Any]) -> None:
+        self.events.append((type_, obj))
+        if self._current is not None:
+            self._current.add(str(obj["metadata"]["name"]))
+
+    def relisted(self) -> None:
+        self.listed.append(self._current or set())
+        self._current = None
+
+    def names(self, type_: str) -> list[str]:
+        return [str(o["metadata"]["name"]) for t, o in self.events if t == type_]
+
+
+@pytest.fixture
+async def client(control_plane: ControlPlane) -> AsyncIterator[KubeClient]:
+    made = KubeClient(functools.partial(load_credentials, str(control_plane.kubeconfig)))
+    yield made
+    await made.aclose()
+
+
+@contextlib.asynccontextmanager
+async def watching(watcher: Watcher) -> AsyncIterator[None]:
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.wait_for(watcher.synced.wait(), 10)
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_secret_watch_carries_metadata_never_values(
+    client: KubeClient, control_plane: ControlPlane, namespace: str
+) -> None:
+    value = "value-" + secrets.token_hex(16)
+    # Applied with kubectl's client-side apply, which repeats the whole object, values included, in the
+    # annotation last-applied-configuration: metadata the API server sends; the watcher drops it.
+    scenario.apply(control_plane, scenario.secret("before", namespace, {"key": value}))
+    sink = Recorder()
+    watcher = Watcher(
+        client,
+        path=f"/api/v1/namespaces/{namespace}/secrets",
+        resource="secrets",
+        sink=sink,
+        metadata_only=True,
+    )
+    async with watching(watcher):
+        scenario.apply(control_plane, scenario.secret("after", namespace, {"key": value + "2"}))
+        control_plane.kubectl("delete", "secret", "before", "-n", namespace)
+        await until(lambda: "after" in sink.names("ADDED") and "before" in sink.names("DELETED"))
+    assert sink.listed == [{"before"}]
+    for _type, obj in sink.events:
+        assert obj.get("kind") == "PartialObjectMetadata"  # what the server sent: metadata only
+        assert set(obj) == {"kind", "metadata"}
+        assert obj["metadata"]["resourceVersion"] and obj["metadata"]["namespace"] == namespace
+    encoded = base64.b64encode(value.encode()).decode()
+    assert not any(value in repr(obj) or encoded in repr(obj) for _t, obj in sink.events)
+
+
+async def test_a_new_listing_reports_what_went_while_no_watch_was_open(
+    client: KubeClient, control_plane: ControlPlane, namespace: str
+) -> None:
+    for name in ("stays", "goes"):
+        scenario.apply(control_plane, scenario.secret(name, namespace, {"k": name}))
+    sink = Recorder()
+
+    def watcher() -> Watcher:
+        return Watcher(
+            client,
+            path=f"/api/v1/namespaces/{namespace}/secrets",
+            resource="secrets",
+            sink=sink,
+            metadata_only=True,
+            page_size=1,  # one object per page: the listing's continue tokens are followed
+        )
+
+    async with watching(watcher()):
+        pass
+    control_plane.kubectl("delete", "secret", "goes", "-n", namespace)
+    async with watching(watcher()):
+        pass
+    assert sink.listed == [{"stays", "goes"}, {"stays"}]
+
+
+async def test_410_gone_makes_the_watcher_list_again() -> None:
+    """The real API server keeps a long history in its watch cache, so a test cannot make it answer
+    410 on demand; a scripted server plays that one part of the protocol: a listing, a watch that
+    ends with an ERROR event of code 410, and a second listing without one of the objects."""
+    listings: list[list[str]] = [["stays", "goes"], ["stays"]]
+    served: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch"):
+            served.append(f"watch from {request.query['resourceVersion']}")
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+            await response.write(json.dumps(gone).encode() + b"\n")
+            return response
+        names = listings[min(len(served), len(listings) - 1)]
+        served.append("list")
+        items = [
+            {"kind": "PartialObjectMetadata", "metadata": {"name": n, "resourceVersion": "7"}} for n in names
+        ]
+        return web.json_response({"metadata": {"resourceVersion": "10"}, "items": items})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/secrets", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    configuration = k8s_client.Configuration(host=f"http://127.0.0.1:{port}")
+    client = KubeClient(lambda: Credentials(configuration, "scripted"))
+    sink = Recorder()
+    watcher = Watcher(
+        client,
+        path="/api/v1/secrets",
+        resource="secrets",
+        sink=sink,
+        metadata_only=True,
+        backoff=Backoff(initial=0.05, cap=0.1),
+    )
+    task = asyncio.create_task(watcher.run())
+    try:
+        await until(lambda: len(sink.listed) >= 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+        await runner.cleanup()
+    assert served[:3] == ["list", "watch from 10", "list"]
+    assert sink.listed[:2] == [{"stays", "goes"}, {"stays"}]
+
+
+async def test_a_401_reloads_the_credentials_and_repeats_the_request(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    control_plane.kubeconfig_for_token("not-a-token", kubeconfig, user="rotating")
+    client = KubeClient(functools.partial(load_credentials, str(kubeconfig)))
+    try:
+        with pytest.raises(KubeApiError) as refused:
+            await client.get(f"/api/v1/namespaces/{namespace}", resource="namespaces")
+        assert refused.value.status == 401
+        # The token is rotated on disk (as kubelet rotates a projected token): the next 401 reloads it.
+        config = yaml.safe_load(control_plane.kubeconfig.read_text())
+        kubeconfig.write_text(yaml.safe_dump(config))
+        found = await client.get(f"/api/v1/namespaces/{namespace}", resource="namespaces")
+        assert found is not None and found["metadata"]["name"] == namespace
+    finally:
+        await client.aclose()
