@@ -209,6 +209,7 @@ class _Pass:
         self.spec: Spec | None = None
         self.source: ScriptSource | None = None
         self.pending: Transition | None = None  # a lazy transition not written yet
+        self.writes = 0
 
     def release(self) -> None:
         if self.ctx is not None:
@@ -319,6 +320,7 @@ class _Pass:
             if stale is not None:
                 state = await self.settle_or_drop(state, stale)
         handled_request = False
+        writes_at_start = self.writes
         for _ in range(MAX_STEPS_PER_PASS):
             if state is None:
                 ctx.settling = False
@@ -341,7 +343,18 @@ class _Pass:
                 await self.flush()
                 return Outcome(requeue_after=transition.requeue_after)
         await self.flush()
-        return Outcome(requeue_after=0.0)
+        # A pass that ran out of steps: more work right away when it made progress, otherwise a pause,
+        # so that no loop of passes without progress ever spins.
+        progressed = self.writes > writes_at_start
+        if not progressed:
+            logger.warning(
+                "%s/%s: %d steps without progress; looking again in %.0fs",
+                self.res.namespace,
+                self.res.name,
+                MAX_STEPS_PER_PASS,
+                self.ports.policy.block_poll_min,
+            )
+        return Outcome(requeue_after=0.0 if progressed else self.ports.policy.block_poll_min)
 
     # -- inputs changed under a state ----------------------------------------------------------------
 
@@ -492,6 +505,7 @@ class _Pass:
         if not self._unchanged(patch):
             self.ports.fence.check()
             await self.io.patch_status(patch)
+            self.writes += 1
             for key, value in patch.items():
                 if value is None:
                     self.raw_status.pop(key, None)

@@ -25,7 +25,7 @@ from cvm_prelaunch_operator.domain.status import (
 )
 from cvm_prelaunch_operator.reconcile.context import Event, StepContext, Transition
 from cvm_prelaunch_operator.reconcile.ports import ChainClient
-from cvm_prelaunch_operator.reconcile.steps.common import registration_problem, same_hash
+from cvm_prelaunch_operator.reconcile.steps.common import check_chain, registration_problem, same_hash
 
 
 def set_aside(status: StatusView, state: State, versions: tuple[TxVersion, ...]) -> StatusPatch:
@@ -60,8 +60,7 @@ async def settle_before_signing(
     decided: Transition | None = None
     for entry in mine:
         tracking = await client.track([v.tx_hash for v in entry.versions], sender=entry.sender)
-        if tracking.chain_id != chain.chain_id:
-            break  # not this chain after all: leave them for an RPC that serves it
+        check_chain(tracking.chain_id, chain)
         receipt = next(
             (r for v in entry.versions if (r := tracking.receipts.get(v.tx_hash)) is not None), None
         )
@@ -144,6 +143,8 @@ async def settle_before_signing(
         if decided is None:
             remaining.append(entry)  # could not replace it (fees): look again next time
     patch = StatusPatch(unsettled=tuple(remaining), registrations=registrations)
+    if decided is None and tuple(remaining) == ctx.status.unsettled and not events:
+        return None  # all still pending for another hash and not replaceable now: sign behind them
     if decided is None:
         # Everything looked at is settled or dropped: record it and go on signing in the next pass step.
         return Transition(
