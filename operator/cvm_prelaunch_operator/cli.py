@@ -176,7 +176,15 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
     return 0
 
 
+# Importing eth_account raises Python's recursion limit to 100,000 for the whole process (py_ecc does
+# it on import). At that limit the C JSON parser recurses into a segmentation fault on a deeply nested
+# answer (from an API server, a node, a proxy) instead of raising RecursionError. The operator never
+# needs deep recursion: back to a limit that fails cleanly.
+RECURSION_LIMIT = 3000
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    sys.setrecursionlimit(RECURSION_LIMIT)
     build_parser().parse_args(argv)
     settings = OperatorSettings.from_env()
     configure_logging(settings)

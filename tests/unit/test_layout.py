@@ -36,3 +36,24 @@ def test_console_script_prints_version_and_help() -> None:
         [sys.executable, "-m", "cvm_prelaunch_operator", "--help"], capture_output=True, text=True, check=True
     )
     assert "PHALA_CLOUD_API_URL" in usage.stdout and "WATCH_NAMESPACES" in usage.stdout
+
+
+def test_the_operator_parses_deep_json_without_crashing() -> None:
+    """eth_account (through py_ecc) raises the recursion limit to 100,000, at which the C JSON parser
+    overflows the stack on a deeply nested answer; the operator's main sets a limit that raises."""
+    code = (
+        "import json, sys\n"
+        "from cvm_prelaunch_operator import cli\n"
+        "import eth_account\n"
+        "assert sys.getrecursionlimit() >= 100000\n"
+        "sys.setrecursionlimit(cli.RECURSION_LIMIT)\n"
+        "try:\n"
+        "    json.loads('[' * 200000)\n"
+        "except RecursionError:\n"
+        "    print('refused')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.strip() == "refused"
+    source = (ROOT / "operator" / "cvm_prelaunch_operator" / "cli.py").read_text()
+    assert "sys.setrecursionlimit(RECURSION_LIMIT)" in source.split("def main(", 1)[1].split("\n\n", 1)[0]
