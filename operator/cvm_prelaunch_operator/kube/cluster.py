@@ -35,8 +35,12 @@ ObjectKey = tuple[str, str]  # (namespace, name)
 WRITES_REMEMBERED = 8  # a pass writes status a handful of times; their echoes arrive after
 # Events are posted in the background; if the API server falls behind, at most this many wait, and
 # newer ones are dropped (status, not Events, is the record of truth).
-MAX_PENDING_EVENTS = 256
+MAX_PENDING_EVENTS = 2048
 EVENT_FLUSH_SECONDS = 1.0
+# Events go out a few at a time, behind the reads and status writes of the passes: a burst of syncs
+# (one ConfigMap edit fanning out to hundreds of resources) posts three Events each, and letting them
+# all compete with the passes' own requests slowed every pass down.
+EVENT_CONCURRENCY = 4
 
 
 def resource_path(namespace: str, name: str) -> str:
@@ -72,6 +76,7 @@ class Cluster:
         # resourceVersions our own status writes produced, so their watch events are not new work.
         self._written: dict[ObjectKey, deque[str]] = {}
         self._event_posts: set[asyncio.Task[None]] = set()
+        self._event_lane: asyncio.Semaphore | None = None  # made in the loop, on first use
         self._secret_versions: dict[ObjectKey, str | None] = {}
 
     # -- caches fed by the watches ---------------------------------------------------------------
@@ -225,10 +230,13 @@ class Cluster:
             "reportingComponent": REPORTING_COMPONENT,
             "reportingInstance": REPORTING_COMPONENT,
         }
+        if self._event_lane is None:
+            self._event_lane = asyncio.Semaphore(EVENT_CONCURRENCY)
         try:
-            await self._client.request(
-                "POST", core_path(res.namespace, "events"), resource="events", body=body
-            )
+            async with self._event_lane:
+                await self._client.request(
+                    "POST", core_path(res.namespace, "events"), resource="events", body=body
+                )
         except KubeApiError as exc:
             # Events are best effort: status is the record of truth.
             logger.warning(
