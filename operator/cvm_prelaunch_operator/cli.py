@@ -130,6 +130,17 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
     ]
     background = [asyncio.create_task(w.run(), name=f"watch {w!r}") for w in watchers]
     electing = asyncio.create_task(elector.run(), name="leader-election") if elector else None
+
+    def election_ended(task: asyncio.Task[None]) -> None:
+        # run() returns only after it reported a lost Lease; a failure of its own must stop the
+        # process just the same, or a leader would keep reconciling behind a fence that closes.
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("leader election failed", exc_info=task.exception())
+        stopped_leading(f"leader election failed: {type(task.exception()).__name__}")
+
+    if electing is not None:
+        electing.add_done_callback(election_ended)
     kopf_stop = asyncio.Event()
 
     async def shut_down_in_order() -> None:

@@ -129,11 +129,17 @@ class Watcher:
                     delay,
                 )
                 await asyncio.sleep(delay)
-            except (ValueError, KeyError, TypeError) as exc:  # a malformed answer: list from scratch
+            except Exception as exc:  # a malformed answer, or a bug: never end the watch over it
                 failures += 1
                 version = None
                 delay = self._backoff.delay(failures, self._rng)
-                logger.warning("unreadable answer while watching %s (%s); listing again", self._path, exc)
+                logger.warning(
+                    "unexpected %s while watching %s; listing again in %.1fs",
+                    type(exc).__name__,
+                    self._path,
+                    delay,
+                    exc_info=not isinstance(exc, ValueError | KeyError | TypeError),
+                )
                 await asyncio.sleep(delay)
 
     def _shape(self, obj: Mapping[str, Any]) -> Mapping[str, Any]:
