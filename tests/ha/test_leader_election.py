@@ -218,3 +218,18 @@ def test_timings_must_leave_a_margin_between_the_fence_and_the_expiry() -> None:
         LeaseConfig("ns", "lease", "me", lease_duration=10, renew_deadline=10, retry_period=2)
     with pytest.raises(ValueError, match="holder identity"):
         LeaseConfig("ns", "lease", "")
+
+
+async def test_a_release_after_a_renewal_it_did_not_see_land_still_clears_the_holder(
+    candidates: Callable[..., Candidate], control_plane: ControlPlane, namespace: str
+) -> None:
+    """The Lease changed since the holder last wrote it (a renewal cut short by the shutdown, which
+    the server applied): the release's update conflicts, is read again, and still releases."""
+    a = candidates("a").run()
+    await until(lambda: a.elector.is_leader, RETRY + SLACK, "a leads")
+    await a.crash()
+    control_plane.kubectl("annotate", "lease", "test-lease", "-n", namespace, "touched=yes")
+    await a.elector.release()
+    spec = lease_spec(control_plane, namespace)
+    assert spec.get("holderIdentity", "") == ""
+    assert spec["leaseDurationSeconds"] == 1

@@ -21,7 +21,6 @@ cleared, and a standby takes over on its next poll instead of waiting for expiry
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -392,31 +391,43 @@ class LeaderElector:
 
     async def release(self) -> None:
         """Give the Lease up if this process holds it (client-go's ReleaseOnCancel). Call only once
-        every side effect has stopped: from here on the fence is closed."""
+        every side effect has stopped: from here on the fence is closed. Bounded by RELEASE_TIMEOUT."""
         was_leading = self.is_leader
         self._leading = False
         self._set_state(False)
         if not was_leading or self._released or self._lease is None or self._observed is None:
             return
         self._released = True
-        now = micro_time(self._wall())
-        record = LeaseRecord("", 1, now, now, self._observed.transitions)
-        body = dict(self._lease)
-        body["spec"] = {**(self._lease.get("spec") or {}), **record.spec()}
-        with contextlib.suppress(TimeoutError):
+        try:
+            await asyncio.wait_for(self._clear_holder(), timeout=RELEASE_TIMEOUT)
+        except TimeoutError:
+            logger.warning("leader election: releasing Lease %s timed out", self.config.describe())
+        except KubeApiError as exc:
+            logger.warning("leader election: could not release Lease %s: %s", self.config.describe(), exc)
+
+    async def _clear_holder(self) -> None:
+        assert self._lease is not None and self._observed is not None
+        lease, transitions = self._lease, self._observed.transitions
+        for attempt in (1, 2):
+            now = micro_time(self._wall())
+            record = LeaseRecord("", 1, now, now, transitions)
+            body = dict(lease)
+            body["spec"] = {**(lease.get("spec") or {}), **record.spec()}
             try:
-                await asyncio.wait_for(
-                    self._client.request(
-                        "PUT", self.config.path, resource=LEASES, body=body, request_timeout=RELEASE_TIMEOUT
-                    ),
-                    timeout=RELEASE_TIMEOUT,
-                )
+                await self._client.request("PUT", self.config.path, resource=LEASES, body=body)
             except KubeApiError as exc:
+                if exc.status == 409 and attempt == 1:
+                    # A renewal cut short by the shutdown may have landed: read it, and release it if
+                    # it is still ours.
+                    fresh = await self._client.get(self.config.path, resource=LEASES)
+                    if fresh is None or LeaseRecord.of(fresh).holder != self.config.identity:
+                        return
+                    lease, transitions = fresh, LeaseRecord.of(fresh).transitions
+                    continue
                 logger.warning("leader election: could not release Lease %s: %s", self.config.describe(), exc)
                 return
             logger.info("leader election: %s released Lease %s", self.config.identity, self.config.describe())
             return
-        logger.warning("leader election: releasing Lease %s timed out", self.config.describe())
 
 
 __all__ = [
