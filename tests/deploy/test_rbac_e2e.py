@@ -354,7 +354,7 @@ def test_namespaced_install_syncs_in_its_namespaces_as_its_service_account(
             # A namespace that is not in the overlay's list is neither watched nor readable.
             outside.stays(no_status, "without status", until=outside_created + SYNC_WINDOW)
             assert anvil.web3().eth.get_transaction_receipt(body["status"]["transactionHash"])["status"] == 1
-            assert {"UploadStarted", "RegistrationConfirmed", "Applied"} <= set(app.event_reasons())
+            assert {"RegistrationSent", "RegistrationConfirmed", "Applied"} <= set(app.event_reasons())
             assert refused_requests(operator) <= KOPF_OBSERVATION
             assert install.token not in operator.logs()
             operator.kill()  # before its Roles go
@@ -392,7 +392,7 @@ def test_cluster_wide_install_syncs_as_its_service_account(
     status = body["status"]
     assert status["composeHash"] == "0x" + sim.admin.cvm_state(app.target.id)["compose_hash"]
     assert anvil.web3().eth.get_transaction_receipt(status["transactionHash"])["status"] == 1
-    for reason in ("UploadStarted", "RegistrationSent", "RegistrationConfirmed", "UpdateAccepted", "Applied"):
+    for reason in ("RegistrationSent", "RegistrationConfirmed", "UpdateAccepted", "Applied"):
         assert reason in app.event_reasons()
 
     # A ConfigMap edit is synced at once (the ConfigMap watch).
@@ -558,7 +558,7 @@ def fails_without_create_events(case: Case) -> None:
     """The sync itself succeeds, but users see none of the Events that report its progress."""
     case.app.create()
     case.app.synced(timeout=SYMPTOM_TIMEOUT)
-    line = wait_for_log(case.operator, "could not record event UploadStarted", "HTTP 403")
+    line = wait_for_log(case.operator, "could not record event RegistrationSent", "HTTP 403")
     assert f"{case.app.namespace}/app" in line
     assert case.app.event_reasons() == []
 

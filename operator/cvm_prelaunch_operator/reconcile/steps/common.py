@@ -62,18 +62,21 @@ def synced(
         state=None,
         verdict=Verdict("Synced", Reason.SYNCED, message),
         status=StatusPatch(applied=applied, last_drift_check_at=now, last_drift_check_error=None),
-        events=(
-            Event(
-                "Normal",
-                "Applied",
-                f"CVM {target.cvm_id} {how} (compose hash {compose_text})"
-                if compose_text
-                else f"CVM {target.cvm_id} {how}",
-            ),
-        ),
+        events=(Event("Normal", "Applied", _applied_message(target, how, compose_text, correlation_id)),),
         then="continue" if stale else "wait",
         requeue_after=None if stale else (interval if interval > 0 else None),
     )
+
+
+def _applied_message(
+    target: SyncTarget, how: str, compose_hash: str | None, correlation_id: str | None
+) -> str:
+    details = [f"script sha256 {short(target.script_sha256)}"]
+    if compose_hash:
+        details.append(f"compose hash {compose_hash}")
+    if correlation_id:
+        details.append(f"update {correlation_id}")
+    return f"CVM {target.cvm_id} {how} ({', '.join(details)})"
 
 
 def accepted(
@@ -100,9 +103,6 @@ def accepted(
             "Applying", Reason.APPLYING, f"Phala Cloud accepted the update ({update.correlation_id})"
         ),
         status=StatusPatch(correlation_id=update.correlation_id),
-        events=(
-            Event("Normal", "UpdateAccepted", f"Update accepted, correlation id {update.correlation_id}"),
-        ),
         then="continue",
         lazy=True,
     )

@@ -16,7 +16,7 @@ from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.resource import script_sha256
 from cvm_prelaunch_operator.domain.states import Following, Uploading
 from cvm_prelaunch_operator.domain.text import NODE_TEXT_LIMIT, cut
-from cvm_prelaunch_operator.reconcile.context import StepContext, Transition
+from cvm_prelaunch_operator.reconcile.context import Event, StepContext, Transition
 from cvm_prelaunch_operator.reconcile.steps.common import synced
 
 
@@ -80,8 +80,13 @@ async def step(ctx: StepContext, state: Following) -> Transition:
         word = cut(operation.reported_status or "", NODE_TEXT_LIMIT)
         seen = f"is reported as {word!r}, a status the operator does not know; followed until it ends"
     deadline = state.accepted_at + ctx.policy.operation_timeout
+    # The first time the operation is still running, the wait gets written: say once it was accepted.
+    first = state.polls == 0 and not state.adopted
     return Transition(
         state=replace(state, polls=state.polls + 1),
+        events=(Event("Normal", "UpdateAccepted", f"Update accepted, correlation id {state.correlation_id}"),)
+        if first
+        else (),
         verdict=Verdict(
             "Applying",
             Reason.APPLYING,

@@ -40,13 +40,12 @@ def new_sync(ctx: StepContext, *, look_first: bool, why: str | None = None) -> T
         started_at=ctx.now,
         config_map_version=ctx.source.resource_version,
     )
+    # No Event here: a sync posts one when it ends (Applied), and one per on-chain milestone; status
+    # shows the step meanwhile. Every Event is a request to the API server like any other.
     message = f"Uploading script sha256 {short(ctx.desired_sha256)} to CVM {ctx.spec.cvm_id}"
     return Transition(
         state=Uploading(target, look_first=look_first),
-        verdict=Verdict(
-            "Uploading", Reason.UPLOADING, why or f"Uploading the script to CVM {ctx.spec.cvm_id}"
-        ),
-        events=(Event("Normal", "UploadStarted", message),),
+        verdict=Verdict("Uploading", Reason.UPLOADING, why or message),
         then="continue",
     )
 
@@ -97,7 +96,6 @@ async def step(ctx: StepContext) -> Transition:
                         str(Reason.DRIFTED),
                         f"CVM {ctx.spec.cvm_id} runs another script; re-applying the desired one",
                     ),
-                    *upload.events,
                 ),
                 then="continue",
             )
