@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import secrets
 import subprocess
 import time
@@ -26,6 +27,7 @@ from benchmarks.env import (
     script_text,
     try_metrics,
 )
+from benchmarks.mainnet import mainnet
 from benchmarks.stats import process_memory, summary
 from cvm_prelaunch_localenv import scenario
 from cvm_prelaunch_localenv.chain import Anvil
@@ -61,6 +63,9 @@ class Sizes:
     fanout_latency_ms: int = 50
     block_time: float = 2.0
     onchain_edits: int = 10
+    mainnet_resources: int = 50
+    mainnet_block_time: float = 12.0
+    mainnet_offchain: int = 10
     cli_runs: int = 5
     secrets_small: int = 10000
     secrets_small_kib: int = 10
@@ -88,6 +93,9 @@ SMOKE = Sizes(
     secrets_edits=1,
     block_time=1.0,
     onchain_edits=1,
+    mainnet_resources=3,
+    mainnet_block_time=2.0,
+    mainnet_offchain=2,
     cli_runs=1,
     soak_seconds=5.0,
     soak_resources=6,
@@ -775,9 +783,13 @@ def onchain(run: Run) -> Result:
         cli_wall: list[float] = []
         try:
             bench.wait_synced(namespace, "chain", first, timeout=120.0)
+            rng = random.Random(20261130)
             for i in range(sizes.onchain_edits):
                 text = script_text(f"on-chain {i} {secrets.token_hex(4)}")
                 admin.clear_requests()
+                # Edits come at any moment of a block, as users make them: without this pause each edit
+                # would follow the previous sync, which ends just after a block, and always wait a whole one.
+                time.sleep(rng.uniform(0.0, block_time))
                 began = time.monotonic()
                 scenario.patch_configmap(bench.cp, namespace, "chain-script", {"pre-launch.sh": text})
                 accepted = bench.wait_request(_phase2_accepted(cvm_op.id), timeout=120.0, interval=0.02)
@@ -806,7 +818,8 @@ def onchain(run: Run) -> Result:
     op_stats = summary([s * 1000 for s in operator_samples])
     cli_stats = summary([s * 1000 for s in cli_samples])
     latency = {"operator: edit to Phase-2 202": op_stats}
-    targets = [target("operator median", op_stats["median"] / 1000, block_time + 0.3, "s")]
+    # Issue 11: at B = 2 s at most 1.4 s (half a block on average plus round trips is about 1.1 s).
+    targets = [target("operator median", op_stats["median"] / 1000, 0.7 * block_time, "s")]
     figures: dict[str, Any] = {
         "block_time_seconds": block_time,
         "confirmations": 1,
@@ -959,6 +972,7 @@ SCENARIOS: dict[str, Callable[[Run], Result]] = {
     "secrets": secrets_scenario,
     "fanout": fanout,
     "onchain": onchain,
+    "mainnet": mainnet,
     "soak": soak,
 }
 

@@ -375,6 +375,7 @@ async def test_send_then_track_a_registration(
             "eth_getTransactionReceipt",
             "eth_getTransactionByHash",
             "eth_getTransactionCount",
+            "eth_getTransactionCount",
         )
     ]
     receipt = tracking.receipts[signed.tx_hash]
@@ -393,7 +394,7 @@ async def test_send_then_track_a_registration(
         receipt.block_number,
     )
     assert view.input == add_compose_hash_calldata(compose_hash)
-    assert tracking.mined_nonce == nonce + 1
+    assert tracking.mined_nonce == tracking.pending_nonce == nonce + 1
     assert tracking.chain_id == 31337
 
     # Sent again once mined, the same bytes meet a used nonce.

@@ -267,6 +267,12 @@ class FakeChain:
 
     def _execute(self, tx: FakeTx, block: Block) -> None:
         contract = self.contracts.get(tx.to.lower())
+        if contract is None and tx.data in ("", "0x"):
+            # A plain transfer (a nonce gap filler): succeeds, logs nothing.
+            self.receipts[tx.tx_hash] = Receipt(
+                tx_hash=tx.tx_hash, block_number=block.number, block_hash=block.hash, succeeded=True, to=tx.to
+            )
+            return
         hash_ = compose_hash_of_calldata(tx.data)
         ok = contract is not None and hash_ is not None and contract.owner.lower() == tx.sender.lower()
         logs: tuple[LogEntry, ...] = ()
@@ -456,6 +462,7 @@ class FakeChain:
             mined_nonce=self.nonce_of(sender) if sender else None,
             receipts=receipts,
             transactions=views,
+            pending_nonce=self.nonce_of(sender, pending=True) if sender else None,
         )
 
     async def compose_hash_logs(

@@ -380,3 +380,26 @@ async def test_other_signer_is_never_used_for_a_state_of_another() -> None:
     chain = world.chain[CHAIN_A]
     assert all(send.sender == OWNER for send in chain.sends)
     assert world.reason() in ("NotContractOwner", "Synced"), world.status
+
+
+async def test_a_nonce_gap_behind_the_registration_is_filled() -> None:
+    """A reorg drops a transaction of the signer (here a reverted registration the operator had
+    discarded): the next registration waits behind the missing nonce until the operator uses it."""
+    world = World(block_time=2.0)
+    world.store.spec = spec("app-a1", on_chain=on_chain())
+    chain = world.chain[CHAIN_A]
+    contract = chain.contracts[world.contracts["app-a1"].lower()]
+    await world.settle(until=lambda: bool((world.status.get("inFlight") or {}).get("transactions")))
+    contract.owner = OTHER
+    chain.mine()  # the registration reverts: nonce 0 is used
+    contract.owner = OWNER
+    world.store.edit_script("#!/bin/sh\necho v2\n")
+    world.poke()
+    await world.settle(
+        until=lambda: (world.status.get("inFlight") or {}).get("transactions", [{}])[0].get("nonce") == 1
+    )
+    chain.reorg(1, drop=True)  # nonce 0 is free again, and nothing pending uses it
+    await world.settle(max_passes=100)
+    assert world.reason() == "Synced", world.status
+    assert events(world, "NonceGapFilled")
+    assert registrations(world, "app-a1") == 1

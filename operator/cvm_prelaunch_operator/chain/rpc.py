@@ -546,6 +546,7 @@ class JsonRpcChainClient:
             ]
         if sender_address is not None:
             calls.append(_Call("eth_getTransactionCount", [sender_address, "latest"]))
+            calls.append(_Call("eth_getTransactionCount", [sender_address, "pending"]))
         answers = await self._exchange("track", calls)
 
         def parse() -> Tracking:
@@ -563,9 +564,10 @@ class JsonRpcChainClient:
             return Tracking(
                 chain_id=_quantity(result(0), "the chain id"),
                 head=_head(result(1)),
-                mined_nonce=_quantity(result(len(calls) - 1), "a nonce") if sender_address else None,
+                mined_nonce=_quantity(result(len(calls) - 2), "a nonce") if sender_address else None,
                 receipts=receipts,
                 transactions=transactions,
+                pending_nonce=_quantity(result(len(calls) - 1), "a nonce") if sender_address else None,
             )
 
         return self._parsed("track", parse)

@@ -8,7 +8,8 @@ polled within ``RetryPolicy.block_poll_min`` and ``block_poll_max`` all the same
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import statistics
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -18,6 +19,7 @@ MAX_CHAINS: Final = 64
 _MIN_INTERVAL: Final = 0.1
 _MAX_INTERVAL: Final = 120.0
 _SAMPLE_DEPTH: Final = 8  # blocks back from the head used to learn the interval
+_SAMPLES: Final = 5  # the interval is the median of the last few gaps seen
 
 
 @dataclass
@@ -28,6 +30,7 @@ class BlockClock:
     head_number: int | None = None
     head_timestamp: int | None = None
     lag: float | None = None
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
 
     @property
     def needs_interval_sample(self) -> bool:
@@ -62,9 +65,10 @@ class BlockClock:
             self._learn(elapsed / (self.head_number - number))
 
     def _learn(self, interval: float) -> None:
-        interval = min(_MAX_INTERVAL, max(_MIN_INTERVAL, interval))
-        # Recent observations weigh more, but one odd gap (an empty slot) does not take over.
-        self.interval = interval if self.interval is None else 0.7 * self.interval + 0.3 * interval
+        # The median of the last few gaps: one odd gap (an empty slot, a burst of blocks on an idle
+        # development chain) does not take over, and a changed cadence does within a few blocks.
+        self.samples.append(min(_MAX_INTERVAL, max(_MIN_INTERVAL, interval)))
+        self.interval = statistics.median(self.samples)
 
     def seconds_to_next_block(self, now: float) -> float:
         """Seconds from ``now`` until the block after the last seen head should be visible here."""

@@ -150,6 +150,7 @@ class Tracking:
     mined_nonce: int | None  # the sender's nonce at 'latest' (None when no sender was asked about)
     receipts: Mapping[str, Receipt | None]
     transactions: Mapping[str, TxView | None]
+    pending_nonce: int | None = None  # the sender's nonce at 'pending': past its contiguous pending ones
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,48 @@
-"""The Phala Cloud HTTP client (httpx, async).
+"""The Phala Cloud HTTP client (aiohttp, async).
 
-One :class:`PhalaCloudClient` per operator process holds one ``httpx.AsyncClient`` (connection
-reuse) and one semaphore bounding concurrent requests across all API keys. ``for_api_key`` returns
-a light :class:`PhalaCloudSession` bound to one key; the key is attached per request, only to URLs
-under the configured base URL, and appears in no log line, exception text or repr.
+One :class:`PhalaCloudClient` per operator process holds one ``aiohttp.ClientSession`` (one pool of
+kept-alive connections, at most ``max_concurrency``, made on first use inside the event loop that
+uses it) and one semaphore bounding concurrent requests across all API keys. ``for_api_key``
+returns a light :class:`PhalaCloudSession` bound to one key; the key is attached per request, only
+to URLs under the configured base URL, and appears in no log line, exception text or repr.
 
 The client does not back off: it raises ``RetryLater`` (with the server's ``Retry-After`` when
 given) and the reconciler decides when to come back. The one exception is a single immediate
-retry of a GET whose connection broke (a stale keep-alive connection is the usual cause).
+retry of a GET whose connection broke (a stale keep-alive connection is the usual cause). aiohttp's
+own silent retry of idempotent requests is switched off, so that retry is the only one.
+
+Transport
+    Timeouts come from :class:`PhalaCloudSettings`: ``connect_timeout`` to get a connection (a
+    wait for the pool included), ``read_timeout`` for each wait on the server's bytes, and their
+    sum for a request as a whole, so that a server trickling its answer cannot hold a worker
+    either. TLS is verified against ``SSL_CERT_FILE`` (else ``SSL_CERT_DIR``) when set, else
+    certifi's bundle, as httpx did. The proxy comes from the environment, read once when the client
+    is made: the one of the base URL's scheme (``HTTPS_PROXY``; ``HTTP_PROXY`` for a plain-http
+    loopback base), else ``ALL_PROXY``, unless ``NO_PROXY`` names the host; its credentials travel
+    in ``Proxy-Authorization`` and appear in no message. Redirects are followed by hand, at most 3,
+    and only to locations under the base URL. Answers are read up to ``MAX_RESPONSE_BYTES``
+    (decompressed) and refused beyond. No cookie is kept: the sessions of all keys share the
+    connections, and nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.request import getproxies, proxy_bypass
 
-import httpx
+import aiohttp
+import certifi
+from aiohttp.http_exceptions import ContentEncodingError
 
 from cvm_prelaunch_operator import __version__
 from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater, SyncError
@@ -55,7 +75,7 @@ _Parsed = TypeVar("_Parsed")
 Observer = Callable[[str, int | None, float], None]
 """Called after every HTTP request: endpoint template, status code (None if no answer), seconds."""
 
-USER_AGENT: Final = f"cvm-prelaunch-operator/{__version__} python-httpx/{httpx.__version__}"
+USER_AGENT: Final = f"cvm-prelaunch-operator/{__version__} aiohttp/{aiohttp.__version__}"
 
 MAX_SCRIPT_BYTES: Final = 200 * 1024
 """Phala caps the docker compose file plus the script at 200 KiB; a larger script can never fit."""
@@ -66,6 +86,9 @@ MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 MAX_OPERATION_PAGES: Final = 10
 OPERATIONS_PAGE_SIZE: Final = 100
 MAX_REDIRECTS: Final = 3
+KEEPALIVE_SECONDS: Final = 30.0
+MAX_LIBRARY_TEXT: Final = 300
+"""A transport failure quotes the library's text, redacted first, then cut to this many characters."""
 
 EP_CVM: Final = "GET /cvms/{id}"
 EP_GET_SCRIPT: Final = "GET /cvms/{id}/pre-launch-script"
@@ -79,6 +102,7 @@ _HEADER_TOKEN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: what a header va
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _COMPOSE_HASH = re.compile(r"^(?:0x)?[0-9a-fA-F]{64}$")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 class _ResponseTooLarge(Exception):
@@ -88,48 +112,107 @@ class _ResponseTooLarge(Exception):
 @dataclass(frozen=True)
 class _Answer:
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]  # aiohttp's CIMultiDictProxy: names are case-insensitive
     content: bytes
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Scheme, host and port (the default one when the URL names none), and the path."""
+
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+
+
+def _origin(url: str) -> _Origin | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    return _Origin(scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme), parts.path)
+
+
+def tls_context(environ: Mapping[str, str] | None = None) -> ssl.SSLContext:
+    """The CA bundle httpx verified Phala Cloud with: ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else
+    certifi's. Hostnames are checked."""
+    env = os.environ if environ is None else environ
+    if env.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=env["SSL_CERT_FILE"])
+    if env.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=env["SSL_CERT_DIR"])
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """Where requests to the base URL go through; ``url`` carries no credentials."""
+
+    url: str
+    auth: aiohttp.BasicAuth | None = None
+
+    def __repr__(self) -> str:
+        return f"Proxy({redact_url(self.url)!r})"
+
+
+def proxy_from_environment(base_url: str) -> Proxy | None:
+    """The proxy for the base URL from ``{scheme}_proxy`` (else ``all_proxy``) and ``no_proxy``,
+    upper or lower case, as httpx chose it. A proxy URL without a scheme is an http proxy."""
+    base = urlsplit(base_url)
+    proxies = getproxies()
+    value = proxies.get(base.scheme) or proxies.get("all")
+    if not value or proxy_bypass(base.hostname or ""):
+        return None
+    if "://" not in value:
+        value = f"http://{value}"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the proxy for Phala Cloud, {redact_url(value)}, is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"the proxy for Phala Cloud, {redact_url(value)}, is not an http or https proxy URL")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{port}" if port is not None else host
+    auth = None
+    if parts.username is not None:
+        auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+    return Proxy(urlunsplit((parts.scheme, netloc, parts.path, "", "")), auth)
+
+
+class _ClientClosed(Exception):
+    pass
 
 
 class PhalaCloudClient:
     """Implements ``reconcile.ports.PhalaCloudFactory``; use as an async context manager or call
-    :meth:`aclose`."""
+    :meth:`aclose`. Requests after :meth:`aclose` raise ``RetryLater``."""
 
-    def __init__(
-        self,
-        settings: PhalaCloudSettings,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        observer: Observer | None = None,
-    ) -> None:
+    def __init__(self, settings: PhalaCloudSettings, *, observer: Observer | None = None) -> None:
         self.settings = settings
-        self._base = httpx.URL(settings.base_url)
+        base = _origin(settings.base_url)
+        assert base is not None  # the settings checked the URL
+        self._base = base
+        self._base_path = base.path.rstrip("/")
         self._observer = observer
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
         self._in_flight = 0
         self._peak_in_flight = 0
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout,
-                read=settings.read_timeout,
-                write=settings.read_timeout,
-                pool=settings.connect_timeout,
-            ),
-            # The semaphore already bounds requests; the pool holds as many connections for reuse.
-            limits=httpx.Limits(
-                max_connections=settings.max_concurrency,
-                max_keepalive_connections=settings.max_concurrency,
-                keepalive_expiry=30.0,
-            ),
-            follow_redirects=False,  # followed by hand, and only under the base URL
-            headers={
-                "User-Agent": USER_AGENT,
-                "X-Phala-Version": settings.api_version,
-                "Accept": "application/json",
-            },
+        self._proxy = proxy_from_environment(settings.base_url)
+        # Plain http is for a loopback simulator only; whatever it is, redirects stay on its scheme.
+        self._tls: ssl.SSLContext | bool = tls_context() if base.scheme == "https" else True
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.connect_timeout + settings.read_timeout,
+            connect=settings.connect_timeout,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.read_timeout,
         )
+        self._http: aiohttp.ClientSession | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         settings = self.settings
@@ -149,7 +232,10 @@ class PhalaCloudClient:
         return PhalaCloudSession(self, api_key)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        self._closed = True
+        session, self._http = self._http, None
+        if session is not None and not session.closed:
+            await session.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -164,18 +250,53 @@ class PhalaCloudClient:
 
     # --- transport ---------------------------------------------------------------------------
 
+    def _session(self) -> aiohttp.ClientSession:
+        """The pooled session of the running event loop (a session belongs to one loop)."""
+        if self._closed:
+            raise _ClientClosed
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http.closed or self._http_loop is not loop:
+            settings = self.settings
+            session = aiohttp.ClientSession(
+                # The semaphore already bounds requests; the pool holds as many connections for reuse.
+                connector=aiohttp.TCPConnector(
+                    limit=settings.max_concurrency,
+                    keepalive_timeout=KEEPALIVE_SECONDS,
+                    ssl=self._tls,
+                ),
+                timeout=self._timeout,
+                headers={
+                    "User-Agent": USER_AGENT,
+                    "X-Phala-Version": settings.api_version,
+                    "Accept": "application/json",
+                },
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,  # the proxy was read once; per request it costs two thread hops
+                raise_for_status=False,
+                auto_decompress=True,
+            )
+            # aiohttp repeats an idempotent request once, silently, when its connection breaks; the
+            # client's own retry is the one it documents and observes.
+            session._retry_connection = False
+            self._http, self._http_loop = session, loop
+        return self._http
+
     def url_for(self, cvm_id: str, suffix: str = "") -> str:
         """The URL of a CVM endpoint; the id is one escaped path segment."""
         return f"{self.settings.base_url}/cvms/{quote(cvm_id, safe='')}{suffix}"
 
-    def is_under_base(self, url: httpx.URL) -> bool:
-        """True for URLs the API key may be sent to: same scheme, host and port, path under the base."""
-        base_path = self._base.path.rstrip("/")
+    def is_under_base(self, url: str) -> bool:
+        """True for URLs the API key may be sent to: same scheme, host and port, path under the base
+        and free of dot segments (escaped ones included: a server would resolve them)."""
+        target = _origin(url)
+        if target is None:
+            return False
+        base = self._base
+        path = target.path
         return (
-            url.scheme == self._base.scheme
-            and url.host == self._base.host
-            and url.port == self._base.port
-            and (url.path == base_path or url.path.startswith(base_path + "/"))
+            (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port)
+            and (path == self._base_path or path.startswith(self._base_path + "/"))
+            and not any(segment in (".", "..") for segment in unquote(path).split("/"))
         )
 
     async def send(
@@ -192,7 +313,7 @@ class PhalaCloudClient:
     ) -> _Answer:
         """One logical request: a GET is retried once at once if its connection broke; redirects
         under the base URL are followed. Any status comes back; transport failures raise."""
-        target = httpx.URL(url)
+        target = url
         idempotent = method == "GET"
         attempt = 0
         redirects = 0
@@ -200,7 +321,7 @@ class PhalaCloudClient:
             if not self.is_under_base(target):
                 # Defence in depth: nothing above builds such a URL, and the key must not leave.
                 raise Permanent(
-                    f"{endpoint}: refusing to send the API key to {redact_url(str(target))}",
+                    f"{endpoint}: refusing to send the API key to {redact_url(target)}",
                     reason=Reason.REMOTE_REJECTED,
                 )
             attempt += 1
@@ -224,7 +345,7 @@ class PhalaCloudClient:
             if answer.status not in _REDIRECTS:
                 return answer
             location = answer.headers.get("location")
-            next_target = target.join(location) if location else None
+            next_target = _join(target, location) if location else None
             follow = method == "GET" or answer.status in (307, 308)
             if (
                 next_target is None
@@ -232,7 +353,7 @@ class PhalaCloudClient:
                 or not follow
                 or redirects >= MAX_REDIRECTS
             ):
-                where = redact_url(str(next_target)) if next_target is not None else "nowhere"
+                where = redact_url(next_target) if next_target is not None else "nowhere"
                 raise Permanent(
                     f"{endpoint}: Phala Cloud redirected (HTTP {answer.status}) to {where}; not followed: "
                     "only locations under the configured PHALA_CLOUD_API_URL are",
@@ -250,7 +371,7 @@ class PhalaCloudClient:
         redact: Callable[[str], str],
         method: str,
         endpoint: str,
-        target: httpx.URL,
+        target: str,
         params: Mapping[str, str | int] | None,
         content: bytes | None,
         headers: Mapping[str, str] | None,
@@ -258,8 +379,8 @@ class PhalaCloudClient:
         can_retry: bool,
     ) -> tuple[_Answer | None, SyncError | None, bool]:
         """Send once. Returns (answer, None, False), (None, failure, False) or (None, None, True) to
-        retry. Failures are built outside ``except`` blocks' reach of the httpx exception, whose
-        request object holds the API key header."""
+        retry. Failures are built outside the ``except`` blocks: aiohttp's exceptions carry the
+        request's headers, the API key among them, and must not be chained to anything raised."""
         request_headers = dict(headers or {})
         request_headers["X-API-Key"] = api_key.reveal()
         status: int | None = None
@@ -267,32 +388,50 @@ class PhalaCloudClient:
         failure_kind: type[SyncError] = RetryLater
         retry = False
         answer: _Answer | None = None
+        proxy = self._proxy
         async with self._semaphore:
             started = time.monotonic()  # the observer measures the request, not the wait for a slot
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
             try:
-                async with self._http.stream(
-                    method, target, params=params, content=content, headers=request_headers
+                async with self._session().request(
+                    method,
+                    target,
+                    params=params,
+                    data=content,
+                    headers=request_headers,
+                    allow_redirects=False,  # followed by hand, and only under the base URL
+                    proxy=proxy.url if proxy is not None else None,
+                    proxy_auth=proxy.auth if proxy is not None else None,
                 ) as response:
                     body = await _read_capped(response)
-                    answer = _Answer(response.status_code, response.headers, body)
-                    status = response.status_code
-            except httpx.TimeoutException as exc:
+                    answer = _Answer(response.status, response.headers, body)
+                    status = response.status
+            except _ClientClosed:
+                failure_text = "the Phala Cloud client is closed (the operator is shutting down)"
+            except TimeoutError as exc:  # aiohttp's own timeouts (connect, socket read) included
                 failure_text = f"Phala Cloud did not answer in time ({type(exc).__name__})"
-            except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                if can_retry:
-                    retry = True
-                else:
-                    failure_text = f"cannot reach Phala Cloud ({type(exc).__name__}: {exc})"
             except _ResponseTooLarge:
                 failure_kind = MalformedResponse
                 failure_text = f"the answer is larger than {MAX_RESPONSE_BYTES} bytes"
-            except httpx.DecodingError as exc:
-                failure_kind = MalformedResponse
-                failure_text = f"the answer cannot be decoded ({exc})"
-            except httpx.HTTPError as exc:
-                failure_text = f"request failed ({type(exc).__name__}: {exc})"
+            except aiohttp.ClientPayloadError as exc:
+                if isinstance(exc.__cause__, ContentEncodingError):
+                    failure_kind = MalformedResponse
+                    failure_text = f"the answer cannot be decoded ({_library_text(exc, redact)})"
+                elif can_retry:
+                    retry = True
+                else:
+                    failure_text = f"cannot reach Phala Cloud ({_library_text(exc, redact)})"
+            except aiohttp.ClientHttpProxyError as exc:
+                failure_text = f"request failed ({_library_text(exc, redact)})"
+            except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError) as exc:
+                # Refused, reset or closed connections, TLS failures, answers that are not HTTP.
+                if can_retry:
+                    retry = True
+                else:
+                    failure_text = f"cannot reach Phala Cloud ({_library_text(exc, redact)})"
+            except (aiohttp.ClientError, OSError) as exc:
+                failure_text = f"request failed ({_library_text(exc, redact)})"
             finally:
                 self._in_flight -= 1
                 elapsed = time.monotonic() - started
@@ -499,10 +638,30 @@ class PhalaCloudSession:
             raise
 
 
-async def _read_capped(response: httpx.Response) -> bytes:
+def _join(base: str, location: str) -> str | None:
+    """A Location resolved against the URL that answered it; None when it is no URL."""
+    try:
+        joined = urljoin(base, location.strip())
+        urlsplit(joined).port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return None
+    return joined
+
+
+def _library_text(exc: BaseException, redact: Callable[[str], str]) -> str:
+    """``Type: text`` of a library exception: redacted whole, then cut (no prefix of a key is left)."""
+    text = redact(f"{type(exc).__name__}: {exc}")
+    return text if len(text) <= MAX_LIBRARY_TEXT else text[: MAX_LIBRARY_TEXT - 3] + "..."
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    if "Content-Encoding" not in response.headers:
+        length = response.content_length
+        if length is not None and length > MAX_RESPONSE_BYTES:
+            raise _ResponseTooLarge  # refused unread
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
             raise _ResponseTooLarge

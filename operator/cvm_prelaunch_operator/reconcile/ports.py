@@ -85,8 +85,8 @@ class ChainClient(Protocol):
         ...
 
     async def track(self, tx_hashes: Sequence[str], *, sender: str | None) -> Tracking:
-        """Chain id, head, the receipt and the transaction view of each hash, and the sender's nonce at
-        'latest' (when a sender is given)."""
+        """Chain id, head, the receipt and the transaction view of each hash, and the sender's nonces at
+        'latest' and 'pending' (when a sender is given)."""
         ...
 
     async def compose_hash_logs(

@@ -197,6 +197,10 @@ async def decide(
             then="wait",
             requeue_after=seconds_to_next_block(ctx, chain.chain_id),
         )
+    if _behind_a_gap(tracking, newest):
+        filled = await _fill_gap(ctx, state, tracking)
+        if filled is not None:
+            return filled
     if priced_out(newest.fees, base_fee):
         since = state.underpriced_since if state.underpriced_since is not None else tracking.head.number
         if tracking.head.number - since >= UNDERPRICED_BLOCKS:
@@ -238,6 +242,63 @@ async def decide(
         f"Transaction {newest.tx_hash} (nonce {newest.nonce}) is pending; head is block "
         f"{tracking.head.number}",
         events,
+    )
+
+
+def _behind_a_gap(tracking: Tracking, newest: TxVersion) -> bool:
+    """Our transaction waits behind a nonce no pending transaction uses (one of the sender's went missing:
+    dropped, or un-mined by a reorg): it can never be mined until that nonce is used."""
+    if tracking.mined_nonce is None or tracking.pending_nonce is None or newest.sent_in_block is None:
+        return False
+    return (
+        tracking.mined_nonce < newest.nonce
+        and tracking.pending_nonce <= newest.nonce
+        and tracking.head.number - newest.sent_in_block >= UNDERPRICED_BLOCKS
+    )
+
+
+async def _fill_gap(ctx: StepContext, state: Registering, tracking: Tracking) -> Transition | None:
+    """Use the missing nonce with a transfer of nothing to the sender itself, so the registration behind
+    it can be mined. Not recorded first: a filler registers nothing, so sending another (or a replacement
+    of it) after a restart can never register a hash twice."""
+    chain = state.chain
+    newest = state.versions[-1]
+    address = await ctx.signer_address()
+    if address is None or not same_address(address, newest.sender) or tracking.mined_nonce is None:
+        return None
+    ceiling = ctx.chain_policy.ceiling(ctx.spec.on_chain.max_fee_per_gas if ctx.spec.on_chain else None)
+    fees = quote(
+        base_fee=tracking.head.base_fee,
+        suggested_tip=None,
+        gas_price=newest.fees.max_fee_per_gas,
+        ceiling=ceiling,
+    )
+    if isinstance(fees, OverCeiling):
+        return _fee_wait(
+            ctx,
+            state,
+            f"Nonce {tracking.mined_nonce} is missing before transaction {newest.tx_hash}; {fees.message}",
+        )
+    gap = tracking.mined_nonce
+    await ctx.hold_signer_lock(chain.chain_id, address)
+    filler = ctx.ports.signer.sign(
+        await ctx.signer_key(),
+        UnsignedTx(chain_id=chain.chain_id, nonce=gap, to=address, data="0x", gas=21_000, fees=fees),
+    )
+    client = await ctx.chain()
+    ctx.may_act()
+    await client.send(filler.raw)
+    message = (
+        f"Nonce {gap} of {address} went missing (dropped, or undone by a reorg) and holds back transaction "
+        f"{newest.tx_hash} (nonce {newest.nonce}); sent {filler.tx_hash}, a transfer of nothing to itself, "
+        "to use it"
+    )
+    return Transition(
+        state=state,
+        verdict=Verdict("RegisteringOnChain", Reason.REGISTERING_ON_CHAIN, message),
+        events=(Event("Normal", "NonceGapFilled", message),),
+        then="wait",
+        requeue_after=seconds_to_next_block(ctx, chain.chain_id, first_look=True),
     )
 
 
