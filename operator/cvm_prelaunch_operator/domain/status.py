@@ -13,7 +13,13 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Final
 
 from cvm_prelaunch_operator.domain.chain import hex32
-from cvm_prelaunch_operator.domain.states import TxVersion, version_from_status, version_to_status
+from cvm_prelaunch_operator.domain.states import (
+    State,
+    TxVersion,
+    to_status,
+    version_from_status,
+    version_to_status,
+)
 from cvm_prelaunch_operator.domain.text import format_time, parse_time
 
 MAX_REGISTRATIONS: Final = 10
@@ -192,8 +198,21 @@ class Applied:
 
 @dataclass(frozen=True)
 class StatusPatch:
-    """Changes to the status besides the in-flight state and the conditions (the engine's part)."""
+    """Changes to the status: every field ``KEEP`` (left as it is), ``None`` (removed) or a value. Steps
+    set what their step changes; the engine adds the verdict, the in-flight state and the failure
+    bookkeeping. Only ``to_patch`` knows the status' field names."""
 
+    observed_generation: int | _Keep = KEEP
+    phase: str | _Keep = KEEP
+    message: str | _Keep = KEEP
+    conditions: tuple[Mapping[str, Any], ...] | _Keep = KEEP
+    in_flight: State | _Keep | None = KEEP
+    pending_approval: PendingApproval | _Keep | None = KEEP
+    stalled_inputs: str | _Keep | None = KEEP
+    failures: int | _Keep = KEEP
+    last_failure_at: float | _Keep | None = KEEP
+    next_retry_at: float | _Keep | None = KEEP  # written rounded up to the millisecond: it gates work
+    last_handled_requested_at: str | _Keep | None = KEEP
     applied: Applied | _Keep | None = KEEP
     compose_hash: str | _Keep | None = KEEP
     transaction_hash: str | _Keep | None = KEEP
@@ -215,6 +234,30 @@ class StatusPatch:
 
     def to_patch(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        plain = {
+            "observedGeneration": self.observed_generation,
+            "phase": self.phase,
+            "message": self.message,
+            "stalledInputs": self.stalled_inputs,
+            "failures": self.failures,
+            "lastHandledRequestedAt": self.last_handled_requested_at,
+        }
+        for key, value in plain.items():
+            if not isinstance(value, _Keep):
+                out[key] = value
+        if not isinstance(self.conditions, _Keep):
+            out["conditions"] = [dict(c) for c in self.conditions]
+        if not isinstance(self.in_flight, _Keep):
+            out["inFlight"] = None if self.in_flight is None else to_status(self.in_flight)
+        if not isinstance(self.pending_approval, _Keep):
+            approval = self.pending_approval
+            out["pendingApproval"] = None if approval is None else approval.to_status()
+        if not isinstance(self.last_failure_at, _Keep):
+            at = self.last_failure_at
+            out["lastFailureTime"] = None if at is None else format_time(at)
+        if not isinstance(self.next_retry_at, _Keep):
+            at = self.next_retry_at
+            out["nextRetryTime"] = None if at is None else format_time(at, round_up=True)
         if not isinstance(self.applied, _Keep):
             applied = self.applied
             if applied is None:

@@ -57,7 +57,6 @@ from cvm_prelaunch_operator.domain.states import (
     chain_of,
     from_status,
     step_name,
-    to_status,
 )
 from cvm_prelaunch_operator.domain.status import (
     KnownRegistration,
@@ -471,36 +470,38 @@ class _Pass:
             await self._persist(pending, events=pending.events)
 
     async def _persist(
-        self, transition: Transition, *, events: tuple[Event, ...], extra: Mapping[str, Any] | None = None
+        self, transition: Transition, *, events: tuple[Event, ...], failure: StatusPatch | None = None
     ) -> None:
         now = self.clock()
         verdict = transition.verdict
-        patch: dict[str, Any] = {
-            "observedGeneration": self.res.generation,
-            "phase": verdict.phase,
-            "message": cut(verdict.message),
-            "conditions": build_conditions(
-                verdict,
-                generation=self.res.generation,
-                previous=self.raw_status.get("conditions"),
-                now=format_time(now),
+        written = StatusPatch(
+            observed_generation=self.res.generation,
+            phase=verdict.phase,
+            message=cut(verdict.message),
+            conditions=tuple(
+                build_conditions(
+                    verdict,
+                    generation=self.res.generation,
+                    previous=self.raw_status.get("conditions"),
+                    now=format_time(now),
+                )
             ),
-            "inFlight": to_status(transition.state) if transition.state is not None else None,
-            "pendingApproval": _pending_approval(transition.state),
-        }
-        patch.update(transition.status.to_patch())
+            in_flight=transition.state,
+            pending_approval=_pending_approval(transition.state),
+            # A transition is progress: no failure is counted, nothing waits for a retry time.
+            stalled_inputs=None,
+            failures=0,
+            next_retry_at=None,
+        ).merged(transition.status)
         if verdict.stalled:
-            patch.update(
-                stalledInputs=await self.fingerprint(),
-                failures=0,
-                nextRetryTime=None,
-                lastFailureTime=format_time(now),
+            written = written.merged(
+                StatusPatch(stalled_inputs=await self.fingerprint(), last_failure_at=now)
             )
-        else:
-            patch.update(stalledInputs=None, failures=0, nextRetryTime=None)
         if self.new_request:
-            patch["lastHandledRequestedAt"] = self.notes.requested_at
-        patch.update(extra or {})
+            written = written.merged(StatusPatch(last_handled_requested_at=self.notes.requested_at))
+        if failure is not None:
+            written = written.merged(failure)
+        patch = written.to_patch()
         previous_phase, previous_reason = self.status.phase, self.status.ready_reason
         if not self._unchanged(patch):
             self.ports.fence.check()
@@ -573,11 +574,7 @@ class _Pass:
         await self._persist(
             Transition(state=state, verdict=verdict),
             events=events,
-            extra={
-                "failures": failures,
-                "lastFailureTime": format_time(now),
-                "nextRetryTime": format_time(next_at, round_up=True),
-            },
+            failure=StatusPatch(failures=failures, last_failure_at=now, next_retry_at=next_at),
         )
         return Outcome(requeue_after=max(0.0, next_at - now))
 
@@ -599,7 +596,7 @@ class _Pass:
         return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:32]
 
 
-def _pending_approval(state: State | None) -> dict[str, Any] | None:
+def _pending_approval(state: State | None) -> PendingApproval | None:
     if not isinstance(state, AwaitingApproval) or state.waiting_for != "Approval":
         return None
     return PendingApproval(
@@ -609,7 +606,7 @@ def _pending_approval(state: State | None) -> dict[str, Any] | None:
         app_contract=state.chain.app_contract,
         chain_id=state.chain.chain_id,
         since=state.since,
-    ).to_status()
+    )
 
 
 def _set_aside_corrupt(status: StatusView, corrupt: CorruptState) -> StatusPatch:
