@@ -55,8 +55,11 @@ MUTANTS = (
     Mutant(
         "keep a reverted record (a stall that keeps the transaction every pass fails on)",
         "reconcile/steps/registering.py",
-        '    return Transition(state=None, verdict=Verdict("Failed", reason, message, stalled=True))',
-        '    return Transition(state=state, verdict=Verdict("Failed", reason, message, stalled=True))',
+        "            return await registration_failed(ctx, chain, version.tx_hash, receipt, problem, "
+        "version.sender)",
+        "            failed = await registration_failed(ctx, chain, version.tx_hash, receipt, problem, "
+        "version.sender)\n"
+        "            return Transition(state=state, verdict=failed.verdict, events=failed.events)",
     ),
 )
 

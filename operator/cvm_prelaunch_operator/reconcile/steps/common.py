@@ -7,6 +7,7 @@ from cvm_prelaunch_operator.domain.chain import (
     OWNABLE_UNAUTHORIZED_ACCOUNT_SELECTOR,
     Receipt,
     Tracking,
+    add_compose_hash_calldata,
     hex32,
     revert_selector,
     same_address,
@@ -203,3 +204,36 @@ def same_hash(a: str, b: str) -> bool:
         return hex32(a) == hex32(b)
     except ValueError:
         return False
+
+
+async def registration_failed(
+    ctx: StepContext, chain: ChainTarget, tx_hash: str, receipt: Receipt, problem: str, sender: str | None
+) -> Transition:
+    """A mined transaction that does not register the hash: its record can never succeed and is
+    discarded. A revert is replayed to decode its cause (``NotContractOwner``, else the revert data);
+    a stale state being settled goes on to the new sync, anything else stalls until an input changes."""
+    ctx.ports.observer.transaction("failed")
+    if problem == "reverted":
+        reason, cause = Reason.TRANSACTION_REVERTED, "no revert data (the sender is not known)"
+        if sender is not None:
+            client = await ctx.chain()
+            data = add_compose_hash_calldata(chain.compose_hash_hex)
+            revert = await client.replay(
+                sender=sender, to=chain.app_contract, data=data, block_number=receipt.block_number
+            )
+            reason, cause = revert_reason(revert)
+        what = f"reverted in block {receipt.block_number}: {cause}"
+    else:
+        reason, what = Reason.TRANSACTION_FAILED, problem
+    message = (
+        f"Transaction {tx_hash} {what}. The record is discarded; the operator tries again when the spec, "
+        "a referenced Secret or requested-at changes"
+    )
+    if ctx.settling:
+        return Transition(
+            state=None,
+            verdict=Verdict("Pending", Reason.PROGRESSING, message),
+            events=(Event("Warning", str(reason), message),),
+            then="continue",
+        )
+    return Transition(state=None, verdict=Verdict("Failed", reason, message, stalled=True))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cvm_prelaunch_operator.domain.chain import add_compose_hash_calldata
 from cvm_prelaunch_operator.domain.conditions import Verdict
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.states import (
@@ -25,9 +24,9 @@ from cvm_prelaunch_operator.reconcile.context import Event, StepContext, Transit
 from cvm_prelaunch_operator.reconcile.steps.common import (
     check_chain,
     observe_head,
+    registration_failed,
     registration_problem,
     remembered,
-    revert_reason,
     seconds_to_next_block,
 )
 
@@ -54,29 +53,8 @@ async def step(ctx: StepContext, state: AwaitingConfirmations) -> Transition:
         state = replace(state, block_number=receipt.block_number, block_hash=receipt.block_hash)
     problem = registration_problem(receipt, chain)
     if problem is not None:
-        if problem == "reverted" and state.versions:
-            reason, cause = revert_reason(
-                await client.replay(
-                    sender=state.versions[-1].sender,
-                    to=chain.app_contract,
-                    data=add_compose_hash_calldata(chain.compose_hash_hex),
-                    block_number=receipt.block_number,
-                )
-            )
-        elif problem == "reverted":
-            reason, cause = Reason.TRANSACTION_REVERTED, "reverted"
-        else:
-            reason, cause = Reason.TRANSACTION_FAILED, problem
-        ctx.ports.observer.transaction("failed")
-        message = f"Transaction {state.tx_hash} does not register {chain.compose_hash_hex}: {cause}"
-        if ctx.settling:
-            return Transition(
-                state=None,
-                verdict=Verdict("Pending", Reason.PROGRESSING, message),
-                events=(Event("Warning", str(reason), message),),
-                then="continue",
-            )
-        return Transition(state=None, verdict=Verdict("Failed", reason, message, stalled=True))
+        sender = state.versions[-1].sender if state.versions else None
+        return await registration_failed(ctx, chain, state.tx_hash, receipt, problem, sender)
     wanted = ctx.spec.on_chain.confirmations if ctx.spec.on_chain is not None else 1
     have = tracking.head.number - receipt.block_number + 1
     if have < wanted:

@@ -57,6 +57,7 @@ from cvm_prelaunch_operator.reconcile.steps import unsettled
 from cvm_prelaunch_operator.reconcile.steps.common import (
     check_chain,
     observe_head,
+    registration_failed,
     registration_problem,
     revert_reason,
     seconds_to_next_block,
@@ -109,7 +110,7 @@ async def decide(
         version, receipt = mined
         problem = registration_problem(receipt, chain)
         if problem is not None:
-            return await _failed(ctx, state, version, receipt, problem)
+            return await registration_failed(ctx, chain, version.tx_hash, receipt, problem, version.sender)
         confirming = AwaitingConfirmations(
             state.target,
             chain,
@@ -318,41 +319,6 @@ def _mined(versions: tuple[TxVersion, ...], tracking: Tracking) -> tuple[TxVersi
         return None
     # At most one version can be mined (one nonce); prefer a successful one should a node say otherwise.
     return next(((v, r) for v, r in found if r.succeeded), found[0])
-
-
-async def _failed(
-    ctx: StepContext, state: Registering, version: TxVersion, receipt: Receipt, problem: str
-) -> Transition:
-    """A mined version that does not register the hash: the record can never succeed; discard it."""
-    chain = state.chain
-    ctx.ports.observer.transaction("failed")
-    if problem == "reverted":
-        client = await ctx.chain()
-        revert = await client.replay(
-            sender=version.sender,
-            to=chain.app_contract,
-            data=add_compose_hash_calldata(chain.compose_hash_hex),
-            block_number=receipt.block_number,
-        )
-        reason, cause = revert_reason(revert)
-        message = (
-            f"Transaction {version.tx_hash} reverted in block {receipt.block_number}: {cause}. The record is "
-            "discarded; the operator tries again when the spec, a referenced Secret or requested-at changes"
-        )
-    else:
-        reason = Reason.TRANSACTION_FAILED
-        message = (
-            f"Transaction {version.tx_hash} {problem}. The record is discarded; the operator tries again "
-            "when the spec, a referenced Secret or requested-at changes"
-        )
-    if ctx.settling:
-        return Transition(
-            state=None,
-            verdict=Verdict("Pending", Reason.PROGRESSING, message),
-            events=(Event("Warning", str(reason), message),),
-            then="continue",
-        )
-    return Transition(state=None, verdict=Verdict("Failed", reason, message, stalled=True))
 
 
 async def _replace(
