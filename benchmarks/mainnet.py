@@ -18,19 +18,16 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from benchmarks.env import script_text
-from benchmarks.stats import summary
+from benchmarks.env import Bench, script_text
+from benchmarks.stats import summary, target
 from cvm_prelaunch_localenv import scenario
 from cvm_prelaunch_localenv.chain import Anvil
 from cvm_prelaunch_localenv.contracts import deploy_app_contract
 from cvm_prelaunch_localenv.rpc_proxy import JsonRpcProxy
 from cvm_prelaunch_localenv.simulator.server import LoggedRequest
 from cvm_prelaunch_operator.domain.text import parse_time
-
-if TYPE_CHECKING:
-    from benchmarks.scenarios import Result, Run
 
 ETHEREUM_CHAIN_ID = 1
 DOCKER_COMPOSE = "services:\n  web:\n    image: nginx:1.27-alpine\n"
@@ -63,9 +60,20 @@ class HeadWatcher:
             self.first_seen.setdefault(number, time.time())
 
 
-def mainnet(run: Run) -> Result:
-    from benchmarks.scenarios import target  # noqa: PLC0415 - the registry imports this module
+class MainnetSizes(Protocol):
+    mainnet_resources: int
+    mainnet_block_time: float
+    mainnet_offchain: int
 
+
+class MainnetRun(Protocol):
+    """What the scenario needs of the suite's run (``benchmarks.scenarios.Run``)."""
+
+    bench: Bench
+    sizes: MainnetSizes
+
+
+def mainnet(run: MainnetRun) -> dict[str, Any]:
     sizes = run.sizes
     bench = run.bench
     admin = bench.simulator.admin
@@ -225,7 +233,7 @@ def _mined_in(status: dict[str, Any]) -> int:
     raise AssertionError(f"no registration recorded for {status.get('transactionHash')}")
 
 
-def _reactions(run: Run, namespace: str, offchain: list[Any], *, until: Any) -> list[float]:
+def _reactions(run: MainnetRun, namespace: str, offchain: list[Any], *, until: Any) -> list[float]:
     bench = run.bench
     samples: list[float] = []
     i = 0

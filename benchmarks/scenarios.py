@@ -28,7 +28,7 @@ from benchmarks.env import (
     try_metrics,
 )
 from benchmarks.mainnet import mainnet
-from benchmarks.stats import process_memory, summary
+from benchmarks.stats import process_memory, summary, target
 from cvm_prelaunch_localenv import scenario
 from cvm_prelaunch_localenv.chain import Anvil
 from cvm_prelaunch_localenv.contracts import deploy_app_contract, install_multicall3
@@ -116,16 +116,6 @@ class Run:
     @property
     def fleet_namespaces(self) -> tuple[str, ...]:
         return (FLEET_NAMESPACE, NOISE_NAMESPACE)
-
-
-def target(what: str, measured: float, limit: float, unit: str, *, at_most: bool = True) -> dict[str, Any]:
-    met = measured <= limit if at_most else measured >= limit
-    return {
-        "target": f"{what} {'<=' if at_most else '>='} {limit:g} {unit}".strip(),
-        "measured": round(measured, 3),
-        "unit": unit,
-        "met": met,
-    }
 
 
 def rss(operator: OperatorProcess) -> dict[str, float]:

@@ -78,3 +78,14 @@ def process_memory(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             values["rss_mib" if key == "VmRSS" else "peak_rss_mib"] = int(rest.split()[0]) / 1024
     return values
+
+
+def target(what: str, measured: float, limit: float, unit: str, *, at_most: bool = True) -> dict[str, Any]:
+    """A target as the report shows it: what, the limit, what was measured, and whether it was met."""
+    met = measured <= limit if at_most else measured >= limit
+    return {
+        "target": f"{what} {'<=' if at_most else '>='} {limit:g} {unit}".strip(),
+        "measured": round(measured, 3),
+        "unit": unit,
+        "met": met,
+    }
