@@ -95,6 +95,9 @@ from cvm_prelaunch_operator.reconcile.steps import (
 logger = logging.getLogger(__name__)
 
 MAX_STEPS_PER_PASS = 8  # a pass chains at most this many steps, then yields to the queue
+# Nor does it chain steps for longer than this: each step is one round of remote calls (every request has
+# a timeout of at most 15 s), and a worker held by one resource is a worker other resources wait for.
+PASS_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,11 @@ class _Pass:
                 state = await self.settle_or_drop(state, stale)
         handled_request = False
         writes_at_start = self.writes
+        began = time.monotonic()
         for _ in range(MAX_STEPS_PER_PASS):
+            if time.monotonic() - began > PASS_SECONDS:
+                await self.flush()
+                return Outcome(requeue_after=0.0)  # the rest in a pass of its own, behind the queue
             if state is None:
                 ctx.settling = False
                 applied = (
