@@ -305,11 +305,13 @@ class _Pass:
         return self._loaded_state(loaded)
 
     def _loaded_state(self, fallback: State | None) -> State | None:
-        if self.spec is None:
-            return fallback
+        """The in-flight state as status holds it: kept through a stall, even of a spec that cannot be
+        read (a broadcast transaction must never be forgotten)."""
         try:
             return from_status(
-                self.raw_status.get("inFlight"), now=self.clock(), default_cvm_id=self.spec.cvm_id
+                self.raw_status.get("inFlight"),
+                now=self.clock(),
+                default_cvm_id=self.spec.cvm_id if self.spec is not None else "",
             )
         except CorruptState:
             return fallback
