@@ -1,5 +1,6 @@
-"""Fixtures of the Phala Cloud client tests: a MockTransport client, and a real client on the
-simulator (``sim``, reset per test) with a way to send transactions to the session's anvil."""
+"""Fixtures of the Phala Cloud client tests: a real client on a mock server whose every byte a test
+controls, and a real client on the simulator (``sim``, reset per test) with a way to send
+transactions to the session's anvil."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from cvm_prelaunch_operator.phala import PhalaCloudClient, PhalaCloudSettings
 
 @pytest.fixture
 async def cloud() -> AsyncIterator[MockCloud]:
-    """A client on a MockTransport; set ``cloud.handler`` or call ``cloud.answer(...)``."""
-    mock = MockCloud()
+    """A client on a mock server on 127.0.0.1; set ``cloud.handler`` or call ``cloud.answer(...)``."""
+    mock = await MockCloud().start()
     yield mock
-    await mock.client.aclose()
+    await mock.close()
+    assert not mock.errors, f"a handler of the mock server failed: {mock.errors!r}"
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 from phala_test_support import Observed, SendTx, wait_until_idle
@@ -503,12 +503,25 @@ async def test_concurrency_limit_holds_on_the_wire(
 
 
 async def test_sessions_of_all_keys_share_one_reused_connection(
-    sim_client: PhalaCloudClient, sim_cvm_factory: SimCvmFactory, caplog: pytest.LogCaptureFixture
+    sim_client: PhalaCloudClient,
+    sim_cvm_factory: SimCvmFactory,
+    sim: SimulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first, second = sim_cvm_factory(onchain=False), sim_cvm_factory(onchain=False)
-    caplog.set_level(logging.DEBUG, logger="httpcore.connection")
+    # Every TCP connection the client opens goes through the event loop's create_connection.
+    loop = asyncio.get_running_loop()
+    opened: list[object] = []
+    create_connection = loop.create_connection
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        connection = await create_connection(*args, **kwargs)
+        opened.append(connection[0].get_extra_info("peername"))
+        return connection
+
+    monkeypatch.setattr(loop, "create_connection", counting)
     for _ in range(3):
         await session_for(sim_client, first).get_cvm(first.id)
         await session_for(sim_client, second).get_pre_launch_script(second.id)
-    connects = [r for r in caplog.records if r.getMessage().startswith("connect_tcp.started")]
-    assert len(connects) == 1
+    assert opened == [("127.0.0.1", sim.port)]
+    assert len(sim.admin.requests()) == 6

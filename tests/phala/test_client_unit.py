@@ -1,23 +1,46 @@
-"""The Phala Cloud client on httpx's MockTransport: the wire format, failures of the transport and
-malformed answers. Status codes and the two-phase flow run against the simulator in
+"""The Phala Cloud client over real sockets on a mock server whose every byte a test controls
+(``phala_test_support.MockCloud``): the wire format, failures of the transport, malformed answers,
+TLS and proxies. Status codes and the two-phase flow run against the simulator in
 ``test_client_simulator.py``."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import ipaddress
 import json
+import shutil
+import ssl
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-import httpx
+import certifi
 import pytest
-from phala_test_support import API_KEY, BASE_URL, MockCloud
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from phala_test_support import API_KEY, DROP, MockCloud, MockServer, Reply, Request
 
+from cvm_prelaunch_localenv.processes import free_port
 from cvm_prelaunch_operator import __version__
 from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater, SyncError
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.secrets import Secret
 from cvm_prelaunch_operator.phala import MalformedResponse, PhalaCloudClient, PhalaCloudSettings
-from cvm_prelaunch_operator.phala.client import MAX_RESPONSE_BYTES, MAX_SCRIPT_BYTES
+from cvm_prelaunch_operator.phala.client import (
+    MAX_RESPONSE_BYTES,
+    MAX_SCRIPT_BYTES,
+    proxy_from_environment,
+    tls_context,
+)
+
+PROXY_PASSWORD = "pr0xy-pa55word@of-the-proxy"
+PROXY_PASSWORD_ESCAPED = "pr0xy-pa55word%40of-the-proxy"
 
 APP_ID = "1234567890abcdef1234567890abcdef12345678"
 CVM = {
@@ -44,7 +67,7 @@ async def test_every_request_carries_key_version_and_user_agent(cloud: MockCloud
     cloud.answer(json=CVM)
     await cloud.session.get_cvm("cvm_ykL5lbAn")
     (request,) = cloud.requests
-    assert str(request.url) == f"{BASE_URL}/cvms/cvm_ykL5lbAn"
+    assert str(request.url) == f"{cloud.base_url}/cvms/cvm_ykL5lbAn"
     assert request.headers["x-api-key"] == API_KEY
     assert request.headers["x-phala-version"] == "2026-06-23"
     assert request.headers["user-agent"].startswith(f"cvm-prelaunch-operator/{__version__} ")
@@ -114,20 +137,17 @@ async def test_cvm_ids_that_are_not_ids_are_refused(cloud: MockCloud, cvm_id: st
 @pytest.mark.parametrize(
     "key", ["", "phak_with space", "phak_new\nline", "phak_ünïcode", "phak_trailing_newline\n"]
 )
-async def test_keys_a_header_cannot_carry_are_refused_without_echoing_them(key: str) -> None:
-    async with PhalaCloudClient(
-        PhalaCloudSettings(base_url=BASE_URL), transport=httpx.MockTransport(_never)
-    ) as client:
+async def test_keys_a_header_cannot_carry_are_refused_without_echoing_them(
+    cloud: MockCloud, key: str
+) -> None:
+    async with PhalaCloudClient(PhalaCloudSettings(base_url=cloud.base_url)) as client:
         with pytest.raises(Permanent) as refused:
             await client.for_api_key(Secret(key)).get_cvm("c")
     assert refused.value.reason == Reason.UNAUTHORIZED
     if key:
         assert key not in str(refused.value)
         assert key not in repr(refused.value)
-
-
-def _never(request: httpx.Request) -> httpx.Response:
-    raise AssertionError("no request expected")
+    assert cloud.requests == []
 
 
 # --- answers ---------------------------------------------------------------------------------------
@@ -220,11 +240,12 @@ async def test_find_operation_pages_through_the_history(cloud: MockCloud) -> Non
             "total": 3,
         },
     }
-    cloud.handler = lambda request: httpx.Response(200, json=pages[request.url.params.get("cursor")])
+    cloud.handler = lambda request: Reply(200, json=pages[request.url.query.get("cursor")])
     found = await cloud.session.find_operation("c", "c")
     assert found is not None
     assert (found.status, found.error_message, found.operation_type) == ("failed", "boom", "x")
-    assert cloud.requests[0].url.params["limit"] == "100"
+    assert cloud.requests[0].url.query["limit"] == "100"
+    assert cloud.requests[1].url.query["cursor"] == "p2"
     assert await cloud.session.find_operation("c", "missing") is None
     assert len(cloud.requests) == 4
 
@@ -310,68 +331,135 @@ async def test_an_oversized_answer_is_refused(cloud: MockCloud) -> None:
         await cloud.session.get_cvm("c")
 
 
+async def test_an_oversized_answer_without_a_length_is_cut_off_while_read(cloud: MockCloud) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+    cloud.handler = lambda request: Reply(raw=head + b" " * (MAX_RESPONSE_BYTES + 1))
+    with pytest.raises(MalformedResponse, match="larger than"):
+        await cloud.session.get_cvm("c")
+    assert len(cloud.requests) == 1
+
+
+async def test_the_size_limit_counts_decompressed_bytes(cloud: MockCloud) -> None:
+    bomb = gzip.compress(b" " * (MAX_RESPONSE_BYTES + 1))
+    assert len(bomb) < 100_000
+    cloud.answer(content=bomb, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    with pytest.raises(MalformedResponse, match="larger than"):
+        await cloud.session.get_cvm("c")
+
+
+async def test_compressed_answers_are_read(cloud: MockCloud) -> None:
+    cloud.answer(
+        content=gzip.compress(json.dumps(CVM).encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert (await cloud.session.get_cvm("c")).app_id == APP_ID
+    assert "gzip" in cloud.requests[0].headers["accept-encoding"]
+
+
+async def test_an_answer_that_cannot_be_decompressed_is_malformed_and_not_retried(cloud: MockCloud) -> None:
+    cloud.answer(content=b"this is not gzip", headers={"Content-Encoding": "gzip", "x-request-id": "rid-8"})
+    with pytest.raises(MalformedResponse, match="cannot be decoded") as failure:
+        await cloud.session.get_cvm("c")
+    assert failure.value.__context__ is None
+    assert failure.value.__cause__ is None
+    assert len(cloud.requests) == 1
+
+
 # --- transport failures ------------------------------------------------------------------------------
 
 
 async def test_timeouts_are_retried_later_and_observed(cloud: MockCloud) -> None:
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
+    async def slow(request: Request) -> Reply:
+        await asyncio.sleep(5)
+        return Reply(json=CVM)
 
     cloud.handler = slow
+    observed: list[tuple[str, int | None, float]] = []
+    client = cloud.new_client(read_timeout=0.2, observer=lambda *event: observed.append(event))
+    started = time.monotonic()
     with pytest.raises(RetryLater, match="did not answer in time") as failure:
-        await cloud.session.get_cvm("c")
+        await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+    assert time.monotonic() - started < 1.0
     assert failure.value.reason == Reason.REMOTE_UNAVAILABLE
-    assert failure.value.__context__ is None  # the httpx error, whose request holds the key, is dropped
+    assert failure.value.__context__ is None  # aiohttp's error, whose request holds the key, is dropped
     assert failure.value.__cause__ is None
     assert len(cloud.requests) == 1  # timeouts are not retried
-    assert [(endpoint, status) for endpoint, status, _ in cloud.observed] == [("GET /cvms/{id}", None)]
+    assert [(endpoint, status) for endpoint, status, _ in observed] == [("GET /cvms/{id}", None)]
+
+
+async def test_an_answer_trickling_in_is_bounded_as_a_whole(cloud: MockCloud) -> None:
+    cloud.answer(json=CVM, trickle=0.05)  # every byte within the read timeout, the whole far beyond
+    client = cloud.new_client(connect_timeout=0.2, read_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(RetryLater, match="did not answer in time"):
+        await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+    assert 0.4 < time.monotonic() - started < 1.5  # connect + read timeouts: 0.5 s
+    assert len(cloud.requests) == 1
 
 
 async def test_a_get_whose_connection_broke_is_retried_once(cloud: MockCloud) -> None:
-    answers: list[httpx.Response | Exception] = [httpx.ConnectError("refused"), httpx.Response(200, json=CVM)]
-
-    def flaky(request: httpx.Request) -> httpx.Response:
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    cloud.handler = flaky
+    answers = [DROP, Reply(200, json=CVM)]
+    cloud.handler = lambda request: answers.pop(0)
     assert (await cloud.session.get_cvm("c")).app_id == APP_ID
     assert [status for _, status, _ in cloud.observed] == [None, 200]
+    assert [request.connection for request in cloud.requests] == [1, 2]
+
+
+async def test_a_stale_kept_alive_connection_is_retried_on_a_new_one(cloud: MockCloud) -> None:
+    # The server closes a kept-alive connection (its idle timeout) as the client reuses it.
+    answers = [Reply(200, json=CVM), DROP, Reply(200, json=CVM)]
+    cloud.handler = lambda request: answers.pop(0)
+    await cloud.session.get_cvm("c")
+    assert (await cloud.session.get_cvm("c")).app_id == APP_ID
+    assert [request.connection for request in cloud.requests] == [1, 1, 2]
+    assert [status for _, status, _ in cloud.observed] == [200, None, 200]
 
 
 async def test_a_get_is_retried_only_once(cloud: MockCloud) -> None:
-    def down(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused")
-
-    cloud.handler = down
+    cloud.handler = lambda request: DROP
     with pytest.raises(RetryLater, match="cannot reach Phala Cloud"):
         await cloud.session.get_cvm("c")
     assert len(cloud.requests) == 2
 
 
-async def test_a_patch_is_never_retried(cloud: MockCloud) -> None:
-    def broken(request: httpx.Request) -> httpx.Response:
-        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+async def test_nothing_listening_is_tried_twice(cloud: MockCloud) -> None:
+    observed: list[tuple[str, int | None, float]] = []
+    settings = PhalaCloudSettings(base_url=f"http://127.0.0.1:{free_port()}/api/v1", connect_timeout=1.0)
+    async with PhalaCloudClient(settings, observer=lambda *event: observed.append(event)) as client:
+        with pytest.raises(RetryLater, match="cannot reach Phala Cloud") as failure:
+            await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+    assert "ClientConnectorError" in str(failure.value)
+    assert [status for _, status, _ in observed] == [None, None]
 
-    cloud.handler = broken
-    with pytest.raises(RetryLater):
+
+@pytest.mark.parametrize(
+    "reply",
+    [DROP, Reply(202, content=b'{"correlation_id": "c', content_length=100)],
+    ids=["dropped", "cut off"],
+)
+async def test_a_patch_is_never_retried(cloud: MockCloud, reply: Reply) -> None:
+    cloud.handler = lambda request: reply
+    with pytest.raises(RetryLater, match="cannot reach Phala Cloud"):
         await cloud.session.patch_pre_launch_script("c", b"x")
     assert len(cloud.requests) == 1
 
 
-class _TruncatedStream(httpx.AsyncByteStream):
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield b'{"id": "cvm_1", "app_'
-        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
-
-
 async def test_a_body_cut_off_mid_stream_is_retried_then_reported(cloud: MockCloud) -> None:
-    cloud.handler = lambda request: httpx.Response(200, stream=_TruncatedStream())
-    with pytest.raises(RetryLater, match="RemoteProtocolError"):
+    cloud.answer(content=b'{"id": "cvm_1", "app_', content_length=4096)
+    with pytest.raises(RetryLater, match=r"cannot reach Phala Cloud \(ClientPayloadError") as failure:
         await cloud.session.get_cvm("c")
     assert len(cloud.requests) == 2
+    assert failure.value.__context__ is None
+    assert "\n" not in str(failure.value)
+
+
+async def test_an_answer_that_is_not_http_is_retried_then_reported(cloud: MockCloud) -> None:
+    cloud.handler = lambda request: Reply(raw=b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    with pytest.raises(RetryLater, match="cannot reach Phala Cloud") as failure:
+        await cloud.session.get_cvm("c")
+    assert len(cloud.requests) == 2
+    assert failure.value.__context__ is None
+    assert len(str(failure.value)) < 400  # the library's text is cut
 
 
 async def test_retry_after_from_the_server(cloud: MockCloud) -> None:
@@ -391,29 +479,53 @@ async def test_redirects_elsewhere_are_not_followed(cloud: MockCloud) -> None:
     with pytest.raises(Permanent, match="not followed") as failure:
         await cloud.session.get_cvm("c")
     assert "evil.example" in str(failure.value)
-    assert [str(r.url.host) for r in cloud.requests] == ["cloud-api.example.test"]
-    cloud.requests.clear()
-    cloud.answer(307, headers={"location": "https://cloud-api.example.test/other/c"})
-    with pytest.raises(Permanent, match="not followed"):
-        await cloud.session.get_cvm("c")
-    assert len(cloud.requests) == 1
+    assert [r.url.host for r in cloud.requests] == ["127.0.0.1"]
+    outside = [
+        f"{cloud.root}/other/c",  # same origin, outside the base path
+        f"{cloud.root}/api/v10/cvms/c",  # a path that merely starts like the base
+        f"{cloud.base_url}/cvms/%2e%2e/%2e%2e/admin",  # escaped dot segments a server would resolve
+        f"https://127.0.0.1:{cloud.port}/api/v1/cvms/c",  # another scheme
+        f"http://127.0.0.1:{free_port()}/api/v1/cvms/c",  # another port
+        f"http://localhost:{cloud.port}/api/v1/cvms/c",  # another host name
+        "http://[::1/api/v1/cvms/c",  # not a URL
+    ]
+    for location in outside:
+        cloud.requests.clear()
+        cloud.answer(307, headers={"location": location})
+        with pytest.raises(Permanent, match="not followed"):
+            await cloud.session.get_cvm("c")
+        assert len(cloud.requests) == 1, location
 
 
 async def test_redirects_under_the_base_url_are_followed_with_the_key(cloud: MockCloud) -> None:
-    def route(request: httpx.Request) -> httpx.Response:
+    def route(request: Request) -> Reply:
         if request.url.path == "/api/v1/cvms/old":
-            return httpx.Response(308, headers={"location": "/api/v1/cvms/new"})
-        return httpx.Response(200, json=CVM)
+            return Reply(308, headers={"location": "/api/v1/cvms/new"})
+        if request.url.path == "/api/v1/cvms/new":
+            return Reply(302, headers={"location": f"{cloud.base_url}/cvms/newest?x=1"})
+        return Reply(200, json=CVM)
 
     cloud.handler = route
     await cloud.session.get_cvm("old")
-    assert [r.url.path for r in cloud.requests] == ["/api/v1/cvms/old", "/api/v1/cvms/new"]
+    assert [r.target for r in cloud.requests] == [
+        "/api/v1/cvms/old",
+        "/api/v1/cvms/new",
+        "/api/v1/cvms/newest?x=1",
+    ]
     assert all(r.headers["x-api-key"] == API_KEY for r in cloud.requests)
     cloud.requests.clear()
     # A PATCH follows only a 307/308 (a 302 would turn it into a GET).
     cloud.answer(302, headers={"location": "/api/v1/cvms/new/pre-launch-script"})
     with pytest.raises(Permanent, match="not followed"):
         await cloud.session.patch_pre_launch_script("old", b"x")
+    cloud.requests.clear()
+    answers = [
+        Reply(307, headers={"location": "/api/v1/cvms/new/pre-launch-script"}),
+        Reply(202, json={"status": "in_progress", "message": "", "correlation_id": "corr-3"}),
+    ]
+    cloud.handler = lambda request: answers.pop(0)
+    assert (await cloud.session.patch_pre_launch_script("old", b"script")).correlation_id == "corr-3"
+    assert [(r.method, r.content) for r in cloud.requests] == [("PATCH", b"script"), ("PATCH", b"script")]
 
 
 async def test_a_redirect_loop_ends(cloud: MockCloud) -> None:
@@ -423,37 +535,70 @@ async def test_a_redirect_loop_ends(cloud: MockCloud) -> None:
     assert len(cloud.requests) == 4
 
 
-async def test_a_failing_observer_does_not_break_requests(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_observer_does_not_break_requests(
+    cloud: MockCloud, caplog: pytest.LogCaptureFixture
+) -> None:
     def observer(endpoint: str, status: int | None, seconds: float) -> None:
         raise RuntimeError("metrics backend down")
 
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=CVM))
-    async with PhalaCloudClient(
-        PhalaCloudSettings(base_url=BASE_URL), transport=transport, observer=observer
-    ) as client:
-        assert (await client.for_api_key(Secret(API_KEY)).get_cvm("c")).app_id == APP_ID
+    cloud.answer(json=CVM)
+    client = cloud.new_client(observer=observer)
+    assert (await client.for_api_key(Secret(API_KEY)).get_cvm("c")).app_id == APP_ID
     assert "observer failed" in caplog.text
 
 
-async def test_concurrency_is_bounded_across_keys() -> None:
+async def test_concurrency_is_bounded_across_keys(cloud: MockCloud) -> None:
     running = 0
     peak = 0
 
-    async def slow(request: httpx.Request) -> httpx.Response:
+    async def slow(request: Request) -> Reply:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
         await asyncio.sleep(0.01)
         running -= 1
-        return httpx.Response(200, json=CVM)
+        return Reply(200, json=CVM)
 
-    settings = PhalaCloudSettings(base_url=BASE_URL, max_concurrency=3)
-    async with PhalaCloudClient(settings, transport=httpx.MockTransport(slow)) as client:
-        sessions = [client.for_api_key(Secret(f"phak_key_{n}")) for n in range(5)]
-        await asyncio.gather(*(sessions[n % 5].get_cvm(f"cvm_{n}") for n in range(40)))
-        assert client.peak_in_flight == 3
-        assert client.in_flight == 0
+    cloud.handler = slow
+    client = cloud.new_client(max_concurrency=3)
+    sessions = [client.for_api_key(Secret(f"phak_key_{n}")) for n in range(5)]
+    await asyncio.gather(*(sessions[n % 5].get_cvm(f"cvm_{n}") for n in range(40)))
+    assert client.peak_in_flight == 3
+    assert client.in_flight == 0
     assert peak == 3
+    assert cloud.connections == 3  # one pool, as large as the bound, kept alive
+    assert len(cloud.requests) == 40
+
+
+async def test_connections_are_kept_alive_and_shared_by_all_keys(cloud: MockCloud) -> None:
+    cloud.answer(json=CVM)
+    other = cloud.client.for_api_key(Secret("phak_another_key_0123456789"))
+    for _ in range(5):
+        await cloud.session.get_cvm("c")
+        await other.get_cvm("c")
+    assert cloud.connections == 1
+    assert [r.headers["x-api-key"] for r in cloud.requests[:2]] == [API_KEY, "phak_another_key_0123456789"]
+
+
+async def test_no_cookie_is_kept(cloud: MockCloud) -> None:
+    cloud.answer(json=CVM, headers={"Set-Cookie": "session=of-the-first-key; Path=/"})
+    # A host name: a cookie jar would keep nothing for an IP address anyway.
+    settings = PhalaCloudSettings(base_url=f"http://localhost:{cloud.port}/api/v1")
+    async with PhalaCloudClient(settings) as client:
+        await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+        await client.for_api_key(Secret("phak_another_key_0123456789")).get_cvm("c")
+    assert [r.headers.get("cookie") for r in cloud.requests] == [None, None]
+
+
+async def test_a_closed_client_sends_nothing(cloud: MockCloud) -> None:
+    cloud.answer(json=CVM)
+    client = cloud.new_client()
+    await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+    await client.aclose()
+    await client.aclose()  # idempotent
+    with pytest.raises(RetryLater, match="closed"):
+        await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+    assert len(cloud.requests) == 1
 
 
 async def test_reprs_hide_the_key(cloud: MockCloud) -> None:
@@ -475,3 +620,273 @@ async def test_every_method_raises_only_sync_errors_on_garbage(cloud: MockCloud)
     for call in calls:
         with pytest.raises(SyncError):
             await call
+
+
+# --- TLS ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (an IP address only) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "phala-cloud-test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+async def tls_cloud(certificate: tuple[Path, Path]) -> AsyncIterator[MockCloud]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    mock = await MockCloud(tls=context).start()
+    mock.answer(json=CVM)
+    yield mock
+    await mock.close()
+
+
+def _no_ca_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_tls_is_verified_against_ssl_cert_file(
+    tls_cloud: MockCloud, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_ca_environment(monkeypatch)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    client = tls_cloud.new_client()
+    assert tls_cloud.base_url.startswith("https://")
+    assert (await client.for_api_key(Secret(API_KEY)).get_cvm("c")).app_id == APP_ID
+    assert tls_cloud.requests[0].headers["x-api-key"] == API_KEY
+
+
+async def test_tls_without_a_bundle_set_trusts_certifi_only(
+    tls_cloud: MockCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_ca_environment(monkeypatch)
+    client = tls_cloud.new_client()
+    with pytest.raises(RetryLater, match=r"cannot reach Phala Cloud.*CERTIFICATE_VERIFY_FAILED"):
+        await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+    assert tls_cloud.requests == []  # the key never went out
+    certifi_count = len(ssl.create_default_context(cafile=certifi.where()).get_ca_certs())
+    assert certifi_count > 50
+    assert len(tls_context({}).get_ca_certs()) == certifi_count
+
+
+async def test_tls_checks_the_host_name(
+    tls_cloud: MockCloud, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_ca_environment(monkeypatch)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    settings = PhalaCloudSettings(base_url=f"https://localhost:{tls_cloud.port}/api/v1", connect_timeout=1.0)
+    async with PhalaCloudClient(settings) as client:
+        with pytest.raises(RetryLater, match="cannot reach Phala Cloud"):
+            await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+    assert tls_cloud.requests == []
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to hash a CA directory")
+async def test_tls_is_verified_against_ssl_cert_dir(
+    tls_cloud: MockCloud, certificate: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(certificate[0])],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    (tmp_path / f"{subject_hash}.0").write_bytes(certificate[0].read_bytes())
+    _no_ca_environment(monkeypatch)
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    client = tls_cloud.new_client()
+    assert (await client.for_api_key(Secret(API_KEY)).get_cvm("c")).app_id == APP_ID
+
+
+def test_the_tls_bundle_file_wins_over_the_directory(certificate: tuple[Path, Path], tmp_path: Path) -> None:
+    context = tls_context({"SSL_CERT_FILE": str(certificate[0]), "SSL_CERT_DIR": str(tmp_path)})
+    assert [dict(item[0] for item in cert["subject"]) for cert in context.get_ca_certs()] == [
+        {"commonName": "phala-cloud-test"}
+    ]
+    assert context.check_hostname
+    assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+# --- proxies ----------------------------------------------------------------------------------------------
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[MockServer]:
+    """A server that answers proxied requests itself (a plain-http target needs no CONNECT)."""
+    server = await MockServer().start()
+    server.answer(json=CVM)
+    yield server
+    await server.close()
+
+
+async def test_requests_go_through_the_proxy_of_the_environment(
+    cloud: MockCloud, proxy: MockServer, no_proxy_environment: pytest.MonkeyPatch
+) -> None:
+    no_proxy_environment.setenv(
+        "HTTP_PROXY", f"http://proxy-user:{PROXY_PASSWORD_ESCAPED}@127.0.0.1:{proxy.port}"
+    )
+    client = cloud.new_client()
+    assert (await client.for_api_key(Secret(API_KEY)).get_cvm("c")).app_id == APP_ID
+    (request,) = proxy.requests
+    assert request.target == f"{cloud.base_url}/cvms/c"  # the absolute form: a request to a proxy
+    assert request.headers["x-api-key"] == API_KEY
+    credentials = base64.b64encode(f"proxy-user:{PROXY_PASSWORD}".encode()).decode()
+    assert request.headers["proxy-authorization"] == f"Basic {credentials}"
+    assert cloud.requests == []
+    # NO_PROXY names the host: straight to it.
+    no_proxy_environment.setenv("NO_PROXY", "example.com,127.0.0.1")
+    cloud.answer(json=CVM)
+    await cloud.new_client().for_api_key(Secret(API_KEY)).get_cvm("c")
+    assert [r.target for r in cloud.requests] == ["/api/v1/cvms/c"]
+    assert len(proxy.requests) == 1
+
+
+async def test_an_https_request_tunnels_through_the_proxy_with_its_credentials(
+    tls_cloud: MockCloud,
+    certificate: tuple[Path, Path],
+    no_proxy_environment: pytest.MonkeyPatch,
+) -> None:
+    _no_ca_environment(no_proxy_environment)
+    no_proxy_environment.setenv("SSL_CERT_FILE", str(certificate[0]))
+    forward = await MockServer(tunnel=True).start()
+    try:
+        no_proxy_environment.setenv(
+            "HTTPS_PROXY", f"http://proxy-user:{PROXY_PASSWORD_ESCAPED}@127.0.0.1:{forward.port}"
+        )
+        client = tls_cloud.new_client()
+        assert (await client.for_api_key(Secret(API_KEY)).get_cvm("c")).app_id == APP_ID
+    finally:
+        await forward.close()
+    (connect,) = forward.requests
+    assert (connect.method, connect.target) == ("CONNECT", f"127.0.0.1:{tls_cloud.port}")
+    credentials = base64.b64encode(f"proxy-user:{PROXY_PASSWORD}".encode()).decode()
+    assert connect.headers["proxy-authorization"] == f"Basic {credentials}"
+    assert "x-api-key" not in connect.headers  # the key travels inside the tunnel only
+    (request,) = tls_cloud.requests
+    assert request.headers["x-api-key"] == API_KEY
+    assert "proxy-authorization" not in request.headers  # the proxy's credentials stay with the proxy
+
+
+async def test_all_proxy_is_the_fallback(
+    cloud: MockCloud, proxy: MockServer, no_proxy_environment: pytest.MonkeyPatch
+) -> None:
+    no_proxy_environment.setenv("ALL_PROXY", f"127.0.0.1:{proxy.port}")  # no scheme: an http proxy
+    await cloud.new_client().for_api_key(Secret(API_KEY)).get_cvm("c")
+    assert [r.target for r in proxy.requests] == [f"{cloud.base_url}/cvms/c"]
+    assert cloud.requests == []
+
+
+async def test_an_unreachable_proxy_is_retried_later_without_its_credentials(
+    cloud: MockCloud, no_proxy_environment: pytest.MonkeyPatch
+) -> None:
+    no_proxy_environment.setenv("HTTP_PROXY", f"http://user:{PROXY_PASSWORD_ESCAPED}@127.0.0.1:{free_port()}")
+    client = cloud.new_client()
+    with pytest.raises(RetryLater, match="cannot reach Phala Cloud") as failure:
+        await client.for_api_key(Secret(API_KEY)).get_cvm("c")
+    for text in (
+        str(failure.value),
+        repr(failure.value),
+        repr(client),
+        repr(proxy_from_environment(cloud.base_url)),
+    ):
+        assert PROXY_PASSWORD not in text
+        assert PROXY_PASSWORD_ESCAPED not in text
+    assert cloud.requests == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "base_url", "expected"),
+    [
+        ({}, "https://cloud-api.phala.com/api/v1", None),
+        (
+            {"HTTPS_PROXY": "http://proxy.internal:3128"},
+            "https://cloud-api.phala.com/api/v1",
+            "http://proxy.internal:3128",
+        ),
+        (
+            {"https_proxy": "proxy.internal:3128"},
+            "https://cloud-api.phala.com/api/v1",
+            "http://proxy.internal:3128",
+        ),
+        (
+            {"HTTPS_PROXY": "https://proxy.internal"},
+            "https://cloud-api.phala.com/api/v1",
+            "https://proxy.internal",
+        ),
+        ({"HTTP_PROXY": "http://proxy.internal:3128"}, "https://cloud-api.phala.com/api/v1", None),
+        (
+            {"ALL_PROXY": "http://all.internal:8080"},
+            "https://cloud-api.phala.com/api/v1",
+            "http://all.internal:8080",
+        ),
+        (
+            {"HTTPS_PROXY": "http://proxy.internal:3128", "ALL_PROXY": "http://all.internal:8080"},
+            "https://cloud-api.phala.com/api/v1",
+            "http://proxy.internal:3128",
+        ),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "phala.com"}, "https://cloud-api.phala.com/api/v1", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": ".phala.com"}, "https://cloud-api.phala.com/api/v1", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}, "https://cloud-api.phala.com/api/v1", None),
+        (
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other.com"},
+            "https://cloud-api.phala.com/api/v1",
+            "http://p:1",
+        ),
+    ],
+)
+def test_proxy_from_the_environment(
+    no_proxy_environment: pytest.MonkeyPatch, environment: dict[str, str], base_url: str, expected: str | None
+) -> None:
+    for name, value in environment.items():
+        no_proxy_environment.setenv(name, value)
+    found = proxy_from_environment(base_url)
+    assert (found.url if found is not None else None) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["socks5://user:hunter2hunter2@proxy:1080", "http://user:hunter2hunter2@proxy:99999"]
+)
+def test_a_proxy_the_client_cannot_use_fails_at_start(
+    no_proxy_environment: pytest.MonkeyPatch, value: str
+) -> None:
+    no_proxy_environment.setenv("HTTPS_PROXY", value)
+    with pytest.raises(ValueError, match="proxy") as refused:
+        PhalaCloudClient(PhalaCloudSettings())
+    assert "hunter2" not in str(refused.value)

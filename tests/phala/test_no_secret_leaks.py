@@ -1,20 +1,21 @@
 """The API key never reaches a log record, an exception text, a repr or a traceback.
 
-One run through every error path of the client (over real HTTP against the simulator, and on a
-MockTransport for what the simulator cannot produce) with every logger at DEBUG, httpx and
-httpcore included; then everything captured is scanned for the secrets in play.
+One run through every error path of the client (over real HTTP against the simulator, and against
+a mock server for what the simulator cannot produce: malformed answers echoing the key, answers that
+are not HTTP and quote it, a proxy with credentials) with every logger at DEBUG, aiohttp's and
+asyncio's included; then everything captured is scanned for the secrets in play.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import pytest
-from phala_test_support import SendTx, wait_until_idle
+from phala_test_support import MockCloud, Reply, Request, SendTx, wait_until_idle
 
 from cvm_prelaunch_localenv.chain import Anvil
 from cvm_prelaunch_localenv.fixtures.simulator import SimCvmFactory
@@ -29,6 +30,7 @@ WRONG_KEY = "phak_WRONGCANARY_0a9b8c7d6e5f4a3b2c1d"
 SCRIPT = b"#!/bin/sh\necho leak-test\n"
 RPC_SECRET = "RPCSECRET0f9e8d7c6b5a4f3e2d1c"
 RPC_URL_WITH_KEY = f"http://127.0.0.1:{free_port()}/v2/{RPC_SECRET}"
+PROXY_SECRET = "PROXYSECRET5e4d3c2b1a0f9e8d"
 
 
 class Captured:
@@ -58,7 +60,7 @@ class Captured:
 @pytest.fixture
 def captured(caplog: pytest.LogCaptureFixture) -> Captured:
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "cvm_prelaunch_operator"):
+    for name in ("aiohttp", "asyncio", "cvm_prelaunch_operator"):
         caplog.set_level(logging.DEBUG, logger=name)
     return Captured()
 
@@ -71,6 +73,8 @@ async def test_no_secret_in_anything_the_client_logs_or_raises(
     sim_cvm_factory: SimCvmFactory,
     send_tx: SendTx,
     anvil: Anvil,
+    cloud: MockCloud,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     onchain = sim_cvm_factory(onchain=True, api_key=CANARY_KEY, pre_launch_script="#!/bin/sh\necho v1\n")
     offchain = sim_cvm_factory(onchain=False, workspace=onchain.cvm.workspace_id)
@@ -167,24 +171,41 @@ async def test_no_secret_in_anything_the_client_logs_or_raises(
     async with PhalaCloudClient(unreachable) as down:
         await fail(down.for_api_key(Secret(CANARY_KEY)).get_cvm(onchain.id))
 
-    # What the simulator cannot serve: malformed, oversized and redirected answers, an echoing server.
-    answers: list[Callable[[httpx.Request], httpx.Response]] = [
-        lambda request: httpx.Response(200, content=b"<html>" + request.headers["x-api-key"].encode()),
-        lambda request: httpx.Response(200, json={"id": ["x"], "app_id": request.headers["x-api-key"]}),
-        lambda request: httpx.Response(401, json={"detail": f"key {request.headers['x-api-key']} revoked"}),
-        lambda request: httpx.Response(302, headers={"location": f"https://evil.example/{CANARY_KEY}"}),
-        lambda request: httpx.Response(465, json={"compose_hash": request.headers["x-api-key"]}),
+    # What the simulator cannot serve: malformed, oversized and redirected answers, an echoing server,
+    # answers that are not HTTP (aiohttp quotes the offending bytes in its error).
+    def key(request: Request) -> bytes:
+        return request.headers["x-api-key"].encode()
+
+    answers: list[Callable[[Request], Reply]] = [
+        lambda request: Reply(200, content=b"<html>" + key(request)),
+        lambda request: Reply(200, json={"id": ["x"], "app_id": request.headers["x-api-key"]}),
+        lambda request: Reply(401, json={"detail": f"key {request.headers['x-api-key']} revoked"}),
+        lambda request: Reply(302, headers={"location": f"https://evil.example/{CANARY_KEY}"}),
+        lambda request: Reply(465, json={"compose_hash": request.headers["x-api-key"]}),
+        lambda request: Reply(raw=b"HTTP/1.1 2" + key(request) + b" OK\r\n\r\n"),
+        lambda request: Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: " + key(request) + b"\r\n\r\n"),
+        lambda request: Reply(raw=b"HTTP/1.1 200 OK\r\n" + key(request) + b"\r\n\r\n"),
+        lambda request: Reply(raw=key(request) + b"\r\n\r\n"),
+        lambda request: Reply(content=b"not gzip " + key(request), headers={"Content-Encoding": "gzip"}),
     ]
+    quoted = 0
+    for answer in answers:
+        cloud.handler = answer
+        error = await fail(cloud.new_client().for_api_key(Secret(CANARY_KEY)).get_cvm("cvm_x"))
+        quoted += "***" in str(error)
+    assert quoted >= 6  # the key was echoed, quoted and masked, not merely absent
 
-    def raising(request: httpx.Request) -> httpx.Response:
-        raise httpx.LocalProtocolError(f"Illegal header value {request.headers['x-api-key'].encode()!r}")
+    # A proxy with credentials, unreachable, and one that answers for the host.
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:{PROXY_SECRET}@127.0.0.1:{free_port()}")
+    behind_proxy = cloud.new_client()
+    await fail(behind_proxy.for_api_key(Secret(CANARY_KEY)).get_cvm("cvm_x"))
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:{PROXY_SECRET}@127.0.0.1:{cloud.port}")
+    cloud.handler = lambda request: Reply(407, json={"detail": request.headers.get("proxy-authorization")})
+    await fail(cloud.new_client().for_api_key(Secret(CANARY_KEY)).get_cvm("cvm_x"))
 
-    for answer in [*answers, raising]:
-        transport = httpx.MockTransport(answer)
-        async with PhalaCloudClient(PhalaCloudSettings(base_url=sim.base_url), transport=transport) as mocked:
-            await fail(mocked.for_api_key(Secret(CANARY_KEY)).get_cvm("cvm_x"))
-
-    assert len(captured.errors) >= 25
+    assert len(captured.errors) >= 35
     await wait_until_idle(sim)
     output = capfd.readouterr()
     everything: list[Any] = [
@@ -196,9 +217,16 @@ async def test_no_secret_in_anything_the_client_logs_or_raises(
         output.err,
         repr(session),
         repr(client),
+        repr(behind_proxy),
     ]
-    assert any("httpx" in record.name or "httpcore" in record.name for record in caplog.records)
+    # Captured at DEBUG indeed (aiohttp logs no request, unlike httpx: the client's own lines it is).
+    assert any(
+        record.name == "cvm_prelaunch_operator.phala.client" and record.levelno == logging.DEBUG
+        for record in caplog.records
+    )
     secrets_in_play = [
+        PROXY_SECRET,
+        base64.b64encode(f"user:{PROXY_SECRET}".encode()).decode(),  # as in Proxy-Authorization
         RPC_SECRET,
         CANARY_KEY,
         WRONG_KEY,

@@ -28,6 +28,7 @@ Transport
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import re
@@ -149,10 +150,13 @@ def tls_context(environ: Mapping[str, str] | None = None) -> ssl.SSLContext:
 
 @dataclass(frozen=True)
 class Proxy:
-    """Where requests to the base URL go through; ``url`` carries no credentials."""
+    """Where requests to the base URL go through; ``url`` carries no credentials, ``headers`` the
+    ``Proxy-Authorization`` made of them: sent with the ``CONNECT`` of an https base, with each
+    request (which goes to the proxy whole) of a plain-http one."""
 
     url: str
-    auth: aiohttp.BasicAuth | None = None
+    headers: Mapping[str, str] | None = None
+    secrets: tuple[str, ...] = ()  # the password and the header's token: redacted wherever quoted
 
     def __repr__(self) -> str:
         return f"Proxy({redact_url(self.url)!r})"
@@ -177,10 +181,13 @@ def proxy_from_environment(base_url: str) -> Proxy | None:
         raise ValueError(f"the proxy for Phala Cloud, {redact_url(value)}, is not an http or https proxy URL")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     netloc = f"{host}:{port}" if port is not None else host
-    auth = None
-    if parts.username is not None:
-        auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
-    return Proxy(urlunsplit((parts.scheme, netloc, parts.path, "", "")), auth)
+    url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if parts.username is None:
+        return Proxy(url)
+    password = unquote(parts.password or "")
+    token = base64.b64encode(f"{unquote(parts.username)}:{password}".encode()).decode("ascii")
+    secrets = tuple(secret for secret in (password, parts.password, token) if secret)
+    return Proxy(url, {"Proxy-Authorization": f"Basic {token}"}, secrets)
 
 
 class _ClientClosed(Exception):
@@ -202,6 +209,9 @@ class PhalaCloudClient:
         self._in_flight = 0
         self._peak_in_flight = 0
         self._proxy = proxy_from_environment(settings.base_url)
+        self._proxy_request_headers: Mapping[str, str] = {}
+        if self._proxy is not None and self._proxy.headers and base.scheme == "http":
+            self._proxy_request_headers = self._proxy.headers
         # Plain http is for a loopback simulator only; whatever it is, redirects stay on its scheme.
         self._tls: ssl.SSLContext | bool = tls_context() if base.scheme == "https" else True
         self._timeout = aiohttp.ClientTimeout(
@@ -381,8 +391,7 @@ class PhalaCloudClient:
         """Send once. Returns (answer, None, False), (None, failure, False) or (None, None, True) to
         retry. Failures are built outside the ``except`` blocks: aiohttp's exceptions carry the
         request's headers, the API key among them, and must not be chained to anything raised."""
-        request_headers = dict(headers or {})
-        request_headers["X-API-Key"] = api_key.reveal()
+        request_headers = {**self._proxy_request_headers, **(headers or {}), "X-API-Key": api_key.reveal()}
         status: int | None = None
         failure_text: str | None = None
         failure_kind: type[SyncError] = RetryLater
@@ -402,7 +411,7 @@ class PhalaCloudClient:
                     headers=request_headers,
                     allow_redirects=False,  # followed by hand, and only under the base URL
                     proxy=proxy.url if proxy is not None else None,
-                    proxy_auth=proxy.auth if proxy is not None else None,
+                    proxy_headers=proxy.headers if proxy is not None else None,
                 ) as response:
                     body = await _read_capped(response)
                     answer = _Answer(response.status, response.headers, body)
@@ -465,7 +474,8 @@ class PhalaCloudSession:
     def __init__(self, client: PhalaCloudClient, api_key: Secret) -> None:
         self._client = client
         self._api_key = api_key
-        self._redact = Redactor([api_key])
+        proxy = client._proxy
+        self._redact = Redactor([api_key, *(proxy.secrets if proxy is not None else ())])
 
     def __repr__(self) -> str:
         return f"PhalaCloudSession(base_url={self._client.settings.base_url!r}, api_key={self._api_key!r})"
@@ -649,8 +659,9 @@ def _join(base: str, location: str) -> str | None:
 
 
 def _library_text(exc: BaseException, redact: Callable[[str], str]) -> str:
-    """``Type: text`` of a library exception: redacted whole, then cut (no prefix of a key is left)."""
-    text = redact(f"{type(exc).__name__}: {exc}")
+    """``Type: text`` of a library exception on one line: redacted whole, then cut (no prefix of a key
+    is left). aiohttp quotes the offending bytes of a malformed answer, which may echo anything."""
+    text = " ".join(redact(f"{type(exc).__name__}: {exc}").split())
     return text if len(text) <= MAX_LIBRARY_TEXT else text[: MAX_LIBRARY_TEXT - 3] + "..."
 
 
