@@ -20,7 +20,7 @@ from cvm_prelaunch_operator.plugin import render
 from cvm_prelaunch_operator.plugin.cluster import Body, Conflict, PluginError, Resources
 
 if TYPE_CHECKING:
-    # Importing the phala package loads httpx; only diff needs it, so the other verbs start faster.
+    # Importing the phala package loads aiohttp; only diff needs it, so the other verbs start faster.
     from cvm_prelaunch_operator.phala.settings import PhalaCloudSettings
 
 OK = 0
