@@ -599,6 +599,30 @@ async def test_a_closed_client_sends_nothing(cloud: MockCloud) -> None:
     with pytest.raises(RetryLater, match="closed"):
         await client.for_api_key(Secret(API_KEY)).get_cvm("c")
     assert len(cloud.requests) == 1
+    assert client.peak_in_flight == 1
+
+
+async def test_closing_fails_the_requests_waiting_for_a_slot(cloud: MockCloud) -> None:
+    released = asyncio.Event()
+
+    async def held(request: Request) -> Reply:
+        await released.wait()
+        return Reply(json=CVM)
+
+    cloud.handler = held
+    client = cloud.new_client(max_concurrency=1)
+    session = client.for_api_key(Secret(API_KEY))
+    first = asyncio.create_task(session.get_cvm("c"))
+    waiting = asyncio.create_task(session.get_cvm("c"))
+    while not cloud.requests:
+        await asyncio.sleep(0.01)
+    closing = asyncio.create_task(client.aclose())
+    released.set()
+    results = await asyncio.gather(first, waiting, return_exceptions=True)
+    await closing
+    assert isinstance(results[1], RetryLater)
+    assert "closed" in str(results[1])
+    assert len(cloud.requests) == 1
 
 
 async def test_reprs_hide_the_key(cloud: MockCloud) -> None:

@@ -323,6 +323,8 @@ class PhalaCloudClient:
     ) -> _Answer:
         """One logical request: a GET is retried once at once if its connection broke; redirects
         under the base URL are followed. Any status comes back; transport failures raise."""
+        if self._closed:
+            raise RetryLater(f"{endpoint}: the Phala Cloud client is closed (the operator is shutting down)")
         target = url
         idempotent = method == "GET"
         attempt = 0
@@ -416,7 +418,7 @@ class PhalaCloudClient:
                     body = await _read_capped(response)
                     answer = _Answer(response.status, response.headers, body)
                     status = response.status
-            except _ClientClosed:
+            except _ClientClosed:  # closed while this request waited for a slot
                 failure_text = "the Phala Cloud client is closed (the operator is shutting down)"
             except TimeoutError as exc:  # aiohttp's own timeouts (connect, socket read) included
                 failure_text = f"Phala Cloud did not answer in time ({type(exc).__name__})"
