@@ -102,6 +102,8 @@ class JsonRpcProxy:
         self.http_requests = 0
         self.calls: Counter[str] = Counter()
         self.requests: list[tuple[str, ...]] = []
+        # (request target, Proxy-Authorization) of each request: an operator may use it as its proxy.
+        self.targets: list[tuple[str, str | None]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -169,6 +171,7 @@ class JsonRpcProxy:
             self.http_requests = 0
             self.calls.clear()
             self.requests.clear()
+            self.targets.clear()
 
     # -- faults -------------------------------------------------------------------------------------
 
@@ -370,6 +373,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, {}, b'{"error":"no body"}')
             return
         body = self.rfile.read(length)
+        with self.owner._lock:
+            self.owner.targets.append((self.path, self.headers.get("Proxy-Authorization")))
         try:
             answer = self.owner._handle(self.path, body)
         except (OSError, ValueError, KeyError, TypeError) as exc:  # upstream down or not JSON

@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Per-request lines of the HTTP libraries and kopf's per-object lines are noise at scale: the
     # operator logs each transition itself. Warnings still show.
     quiet = max(logging.WARNING, logging.getLevelName(settings.log_level))
-    for name in ("kopf", "httpx", "httpcore", "aiohttp.access", "web3.providers"):
+    for name in ("kopf", "aiohttp.access", "aiohttp.client", "web3.providers"):
         logging.getLogger(name).setLevel(quiet)
     return asyncio.run(run(settings))
 

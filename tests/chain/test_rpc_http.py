@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -323,3 +324,56 @@ def test_settings_from_the_environment() -> None:
             ChainRpcSettings.from_env({"CHAIN_RPC_TIMEOUT_SECONDS": bad})
     with pytest.raises(ValueError, match="request_timeout"):
         ChainRpcSettings(request_timeout=20)
+
+
+# -- the proxy of the environment ------------------------------------------------------------------
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def proxy_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+async def test_calls_go_through_the_proxy_of_the_environment_read_once(
+    anvil_proxy: JsonRpcProxy, proxy_environment: pytest.MonkeyPatch
+) -> None:
+    # The RPC host does not resolve: only the proxy (the JSON-RPC proxy, which serves any target)
+    # can answer. Its credentials ride on each plain-http request and appear in no message.
+    password = "pr0xy-secret-pa55"
+    proxy_environment.setenv("HTTP_PROXY", f"http://user:{password}@127.0.0.1:{anvil_proxy.port}")
+    connector = Web3ChainConnector(FAST)
+    try:
+        client = connector.connect(Secret("http://rpc.chain.invalid:8545/v2/rpc-key-77"))
+        proxy_environment.delenv("HTTP_PROXY")  # read once, when the client was made
+        assert await client.block_timestamp(0) >= 0
+        ((target, authorization),) = anvil_proxy.targets
+        assert target == "http://rpc.chain.invalid:8545/v2/rpc-key-77"  # the absolute form
+        assert authorization == "Basic " + base64.b64encode(f"user:{password}".encode()).decode()
+        assert password not in repr(client) and "rpc-key-77" not in repr(client)
+        # NO_PROXY naming the host sends a new client's calls straight to it (which fails here).
+        proxy_environment.setenv("HTTP_PROXY", f"http://user:{password}@127.0.0.1:{anvil_proxy.port}")
+        proxy_environment.setenv("NO_PROXY", "chain.invalid")
+        await connector.forget(Secret("http://rpc.chain.invalid:8545/v2/rpc-key-77"))
+        direct = connector.connect(Secret("http://rpc.chain.invalid:8545/v2/rpc-key-77"))
+        with pytest.raises(RetryLater) as raised:
+            await direct.block_timestamp(0)
+        assert len(anvil_proxy.targets) == 1
+        assert password not in str(raised.value) and "rpc-key-77" not in str(raised.value)
+    finally:
+        await connector.aclose()
+
+
+def test_a_proxy_the_client_cannot_use_is_later_without_its_credentials(
+    proxy_environment: pytest.MonkeyPatch,
+) -> None:
+    proxy_environment.setenv("HTTPS_PROXY", "socks5://user:hunter2hunter2@proxy:1080")
+    with pytest.raises(RetryLater) as raised:
+        Web3ChainConnector().connect(Secret("https://rpc.example/v2/k"))
+    assert raised.value.reason is Reason.CHAIN_UNAVAILABLE
+    assert "not an http or https proxy URL" in raised.value.message
+    assert "hunter2hunter2" not in raised.value.message

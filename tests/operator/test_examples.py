@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from cvm_prelaunch_localenv.kube import ControlPlane

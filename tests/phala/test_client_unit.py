@@ -29,13 +29,13 @@ from phala_test_support import API_KEY, DROP, MockCloud, MockServer, Reply, Requ
 from cvm_prelaunch_localenv.processes import free_port
 from cvm_prelaunch_operator import __version__
 from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater, SyncError
+from cvm_prelaunch_operator.domain.proxy import proxy_from_environment
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.secrets import Secret
 from cvm_prelaunch_operator.phala import MalformedResponse, PhalaCloudClient, PhalaCloudSettings
 from cvm_prelaunch_operator.phala.client import (
     MAX_RESPONSE_BYTES,
     MAX_SCRIPT_BYTES,
-    proxy_from_environment,
     tls_context,
 )
 
@@ -848,7 +848,7 @@ async def test_an_unreachable_proxy_is_retried_later_without_its_credentials(
         str(failure.value),
         repr(failure.value),
         repr(client),
-        repr(proxy_from_environment(cloud.base_url)),
+        repr(proxy_from_environment(cloud.base_url, purpose="Phala Cloud")),
     ):
         assert PROXY_PASSWORD not in text
         assert PROXY_PASSWORD_ESCAPED not in text
@@ -900,7 +900,7 @@ def test_proxy_from_the_environment(
 ) -> None:
     for name, value in environment.items():
         no_proxy_environment.setenv(name, value)
-    found = proxy_from_environment(base_url)
+    found = proxy_from_environment(base_url, purpose="Phala Cloud")
     assert (found.url if found is not None else None) == expected
 
 

@@ -121,6 +121,7 @@ from cvm_prelaunch_operator.domain.chain import (
 )
 from cvm_prelaunch_operator.domain.config import from_env, setting
 from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater, SyncError
+from cvm_prelaunch_operator.domain.proxy import proxy_from_environment
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.secrets import Redactor, Secret, redact_url
 
@@ -411,7 +412,14 @@ class JsonRpcChainClient:
     def __init__(self, rpc_url: Secret, settings: ChainRpcSettings, observer: Observer | None) -> None:
         self._url = rpc_url
         self.endpoint = redact_url(rpc_url.reveal())
-        self._redact = Redactor([rpc_url, *_url_secrets(rpc_url.reveal())])
+        # Read once: raises ValueError (quoting no credentials) for a proxy aiohttp cannot use.
+        self._proxy = proxy_from_environment(rpc_url.reveal(), purpose="the chain RPC")
+        self._proxy_request_headers: Mapping[str, str] = {}
+        if self._proxy is not None and self._proxy.headers and rpc_url.reveal().startswith("http:"):
+            # A plain-http request goes to the proxy whole: its credentials ride on each one.
+            self._proxy_request_headers = self._proxy.headers
+        proxy_secrets = self._proxy.secrets if self._proxy is not None else ()
+        self._redact = Redactor([rpc_url, *_url_secrets(rpc_url.reveal()), *proxy_secrets])
         self._settings = settings
         self._observer = observer
         self._ids = itertools.count(1)
@@ -892,7 +900,15 @@ class JsonRpcChainClient:
 
     async def _post_once(self, session: aiohttp.ClientSession, body: bytes) -> tuple[int, str | None, bytes]:
         limit = self._settings.max_response_bytes
-        async with session.post(self._url.reveal(), data=body, allow_redirects=False) as response:
+        proxy = self._proxy
+        async with session.post(
+            self._url.reveal(),
+            data=body,
+            allow_redirects=False,
+            headers=self._proxy_request_headers or None,
+            proxy=proxy.url if proxy is not None else None,
+            proxy_headers=proxy.headers if proxy is not None else None,
+        ) as response:
             if response.status != 200 and response.status not in (400,) and response.status < 500:
                 return response.status, response.headers.get("Retry-After"), b""
             if response.content_length is not None and response.content_length > limit:
@@ -921,7 +937,7 @@ class JsonRpcChainClient:
                     "Accept": "application/json",
                     "User-Agent": USER_AGENT,
                 },
-                trust_env=True,  # HTTPS_PROXY/NO_PROXY, as for the Phala Cloud client
+                trust_env=False,  # the proxy was read once (domain.proxy); netrc is not consulted
                 raise_for_status=False,
             )
             self._session_loop = loop
@@ -1015,7 +1031,10 @@ class Web3ChainConnector:
                 f"the chain RPC URL {redact_url(url)} is not an http:// or https:// URL",
                 reason=Reason.INVALID_SPEC,
             )
-        client = JsonRpcChainClient(Secret(url), self.settings, self._observer)
+        try:
+            client = JsonRpcChainClient(Secret(url), self.settings, self._observer)
+        except ValueError as exc:  # the proxy from the environment: the operator's setting, not the spec's
+            raise RetryLater(str(exc), reason=Reason.CHAIN_UNAVAILABLE) from None
         self._clients[url] = client
         while len(self._clients) > self.settings.cache_size:
             _, evicted = self._clients.popitem(last=False)

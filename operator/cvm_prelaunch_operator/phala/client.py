@@ -28,7 +28,6 @@ Transport
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import re
@@ -38,8 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self, TypeVar
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
-from urllib.request import getproxies, proxy_bypass
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
 import certifi
@@ -48,6 +46,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 from cvm_prelaunch_operator import __version__
 from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater, SyncError
 from cvm_prelaunch_operator.domain.models import CvmInfo, Operation, UpdateAccepted
+from cvm_prelaunch_operator.domain.proxy import proxy_from_environment
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.secrets import Redactor, Secret, redact_url
 from cvm_prelaunch_operator.phala.errors import (
@@ -148,48 +147,6 @@ def tls_context(environ: Mapping[str, str] | None = None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-@dataclass(frozen=True)
-class Proxy:
-    """Where requests to the base URL go through; ``url`` carries no credentials, ``headers`` the
-    ``Proxy-Authorization`` made of them: sent with the ``CONNECT`` of an https base, with each
-    request (which goes to the proxy whole) of a plain-http one."""
-
-    url: str
-    headers: Mapping[str, str] | None = None
-    secrets: tuple[str, ...] = ()  # the password and the header's token: redacted wherever quoted
-
-    def __repr__(self) -> str:
-        return f"Proxy({redact_url(self.url)!r})"
-
-
-def proxy_from_environment(base_url: str) -> Proxy | None:
-    """The proxy for the base URL from ``{scheme}_proxy`` (else ``all_proxy``) and ``no_proxy``,
-    upper or lower case, as httpx chose it. A proxy URL without a scheme is an http proxy."""
-    base = urlsplit(base_url)
-    proxies = getproxies()
-    value = proxies.get(base.scheme) or proxies.get("all")
-    if not value or proxy_bypass(base.hostname or ""):
-        return None
-    if "://" not in value:
-        value = f"http://{value}"
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"the proxy for Phala Cloud, {redact_url(value)}, is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"the proxy for Phala Cloud, {redact_url(value)}, is not an http or https proxy URL")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    netloc = f"{host}:{port}" if port is not None else host
-    url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    if parts.username is None:
-        return Proxy(url)
-    password = unquote(parts.password or "")
-    token = base64.b64encode(f"{unquote(parts.username)}:{password}".encode()).decode("ascii")
-    secrets = tuple(secret for secret in (password, parts.password, token) if secret)
-    return Proxy(url, {"Proxy-Authorization": f"Basic {token}"}, secrets)
-
-
 class _ClientClosed(Exception):
     pass
 
@@ -208,7 +165,7 @@ class PhalaCloudClient:
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
         self._in_flight = 0
         self._peak_in_flight = 0
-        self._proxy = proxy_from_environment(settings.base_url)
+        self._proxy = proxy_from_environment(settings.base_url, purpose="Phala Cloud")
         self._proxy_request_headers: Mapping[str, str] = {}
         if self._proxy is not None and self._proxy.headers and base.scheme == "http":
             self._proxy_request_headers = self._proxy.headers
