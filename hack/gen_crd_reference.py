@@ -31,8 +31,13 @@ def _constraints(node: dict[str, Any]) -> str:
         parts.append(f"default `{json.dumps(node['default'])}`")
     if "enum" in node:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
-    for key, label in (("minimum", "min"), ("maximum", "max"), ("minLength", "min length"),
-                       ("maxLength", "max length"), ("maxItems", "max items")):
+    for key, label in (
+        ("minimum", "min"),
+        ("maximum", "max"),
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
+        ("maxItems", "max items"),
+    ):
         if key in node:
             parts.append(f"{label} {node[key]}")
     if "pattern" in node:
@@ -51,8 +56,13 @@ def _rows(node: dict[str, Any], prefix: str, required: set[str]) -> list[str]:
         rows.append(f"| `{path}` | {_type(child)} | {req} | {description} | {_constraints(child)} |")
         target = child.get("items", {}) if child.get("type") == "array" else child
         if target.get("properties"):
-            rows.extend(_rows(target, path + ("[]" if child.get("type") == "array" else ""),
-                              set(target.get("required", []))))
+            rows.extend(
+                _rows(
+                    target,
+                    path + ("[]" if child.get("type") == "array" else ""),
+                    set(target.get("required", [])),
+                )
+            )
     return rows
 
 
