@@ -372,10 +372,10 @@ async def test_send_then_track_a_registration(
         (
             "eth_chainId",
             "eth_getBlockByNumber",
+            "eth_getTransactionCount",
+            "eth_getTransactionCount",
             "eth_getTransactionReceipt",
             "eth_getTransactionByHash",
-            "eth_getTransactionCount",
-            "eth_getTransactionCount",
         )
     ]
     receipt = tracking.receipts[signed.tx_hash]
@@ -399,6 +399,48 @@ async def test_send_then_track_a_registration(
 
     # Sent again once mined, the same bytes meet a used nonce.
     assert await client.send(signed.raw) is SendResult.NONCE_TOO_LOW
+
+
+async def test_a_receipt_missed_next_to_a_used_nonce_is_asked_again(
+    anvil: Anvil, anvil_proxy: JsonRpcProxy, client: JsonRpcChainClient, app_contract: AppContract
+) -> None:
+    # A node answering a batch's calls concurrently (anvil) or a load balancer answering them from
+    # two backends can show the nonce used by a transaction whose receipt it did not have yet: read
+    # alone, that looks like a replaced transaction.
+    owner = app_contract.owner
+    nonce = anvil.web3().eth.get_transaction_count(owner.address, "pending")
+    signed = SIGNER.sign(
+        owner.private_key,
+        unsigned(31337, nonce, app_contract.address, data=add_compose_hash_calldata(new_hash())),
+    )
+    assert await client.send(signed.raw) is SendResult.ACCEPTED
+    anvil.wait_for_receipt(signed.tx_hash)
+    missed: list[str] = []
+
+    def miss_once(_params: Any, answer: dict[str, Any]) -> dict[str, Any]:
+        if missed:
+            return answer
+        missed.append(answer["result"]["transactionHash"])
+        return {**answer, "result": None}
+
+    anvil_proxy.transform("eth_getTransactionReceipt", miss_once)
+    anvil_proxy.reset_counts()
+    tracking = await client.track([signed.tx_hash], sender=owner.address)
+
+    assert missed == [signed.tx_hash]
+    receipt = tracking.receipts[signed.tx_hash]
+    assert receipt is not None and receipt.succeeded
+    assert tracking.mined_nonce == nonce + 1
+    assert anvil_proxy.requests[1] == ("eth_getTransactionReceipt",)
+
+    # A transaction the node does not know has no nonce to compare: asked again only when the sender
+    # has used any nonce at all.
+    anvil_proxy.transform("eth_getTransactionReceipt", None)
+    anvil_proxy.reset_counts()
+    await client.track([new_hash()], sender="0x" + "ab" * 20)
+    assert anvil_proxy.http_requests == 1
+    await client.track([new_hash()], sender=owner.address)
+    assert anvil_proxy.http_requests == 3
 
 
 async def test_track_of_unknown_transactions_and_without_sender(client: JsonRpcChainClient) -> None:

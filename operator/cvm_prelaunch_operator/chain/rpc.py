@@ -4,12 +4,14 @@
 :class:`JsonRpcChainClient`\\ s (``ChainClient``). What they guarantee:
 
 One round trip per call
-    ``survey`` and ``track`` send every JSON-RPC call they need as one batch in one HTTP request;
-    ``send``, ``replay`` and ``block_timestamp`` send one call; ``compose_hash_logs`` sends one batch
-    of at most 10 ``eth_getLogs`` of at most 10,000 blocks each (a wider range is the caller's
-    error, ``ValueError``). Nothing is retried except once, at once, a request whose kept-alive
-    connection was reset; every call ends within ``CHAIN_RPC_TIMEOUT_SECONDS`` (at most 15 s),
-    the retry included. Whether and when to ask again is the core's decision.
+    ``survey`` and ``track`` send every JSON-RPC call they need as one batch in one HTTP request
+    (``track`` a second one when the sender's nonce is used past a transaction that had no receipt:
+    the receipts of those are asked again, so that one mined between the reads is not taken for
+    replaced); ``send``, ``replay`` and ``block_timestamp`` send one call; ``compose_hash_logs``
+    sends one batch of at most 10 ``eth_getLogs`` of at most 10,000 blocks each (a wider range is
+    the caller's error, ``ValueError``). Nothing is retried except once, at once, a request whose
+    kept-alive connection was reset; every call ends within ``CHAIN_RPC_TIMEOUT_SECONDS`` (at most
+    15 s), the retry included. Whether and when to ask again is the core's decision.
 
 Why not web3's ``batch_requests()``
     It raises at the first item that failed and drops the answers of the others (a reverted
@@ -89,7 +91,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -547,14 +549,17 @@ class JsonRpcChainClient:
             raise ValueError(f"track() looks at {MAX_TRACKED} transactions at most, not {len(asked)}")
         sender_address = _arg_address(sender, "sender") if sender is not None else None
         calls = [_Call("eth_chainId", []), _Call("eth_getBlockByNumber", ["latest", False])]
+        if sender_address is not None:
+            # The nonces before the receipts: a node that answers a batch in order then never shows a
+            # consumed nonce next to a receipt it had not yet.
+            calls.append(_Call("eth_getTransactionCount", [sender_address, "latest"]))
+            calls.append(_Call("eth_getTransactionCount", [sender_address, "pending"]))
+        first_tx = len(calls)
         for tx_hash in asked:
             calls += [
                 _Call("eth_getTransactionReceipt", [tx_hash]),
                 _Call("eth_getTransactionByHash", [tx_hash]),
             ]
-        if sender_address is not None:
-            calls.append(_Call("eth_getTransactionCount", [sender_address, "latest"]))
-            calls.append(_Call("eth_getTransactionCount", [sender_address, "pending"]))
         answers = await self._exchange("track", calls)
 
         def parse() -> Tracking:
@@ -567,18 +572,42 @@ class JsonRpcChainClient:
             receipts: dict[str, Receipt | None] = {}
             transactions: dict[str, TxView | None] = {}
             for position, (tx_hash, original) in enumerate(asked.items()):
-                receipts[original] = _receipt(result(2 + 2 * position), tx_hash)
-                transactions[original] = _tx_view(result(3 + 2 * position), tx_hash)
+                receipts[original] = _receipt(result(first_tx + 2 * position), tx_hash)
+                transactions[original] = _tx_view(result(first_tx + 1 + 2 * position), tx_hash)
             return Tracking(
                 chain_id=_quantity(result(0), "the chain id"),
                 head=_head(result(1)),
-                mined_nonce=_quantity(result(len(calls) - 2), "a nonce") if sender_address else None,
+                mined_nonce=_quantity(result(2), "a nonce") if sender_address else None,
                 receipts=receipts,
                 transactions=transactions,
-                pending_nonce=_quantity(result(len(calls) - 1), "a nonce") if sender_address else None,
+                pending_nonce=_quantity(result(3), "a nonce") if sender_address else None,
             )
 
-        return self._parsed("track", parse)
+        tracking = self._parsed("track", parse)
+        unexplained = [
+            (tx_hash, original)
+            for tx_hash, original in asked.items()
+            if tracking.mined_nonce  # None (no sender) or 0 (nothing of the sender's was ever mined)
+            and tracking.receipts[original] is None
+            and ((view := tracking.transactions[original]) is None or view.nonce < tracking.mined_nonce)
+        ]
+        if not unexplained:
+            return tracking
+        # The nonce is used but no receipt was seen: replaced, or mined between the two reads (a
+        # node may answer a batch's calls concurrently, a load balancer from two backends). Asked
+        # again now, after the nonce was read, a receipt of ours that exists is seen.
+        again = [_Call("eth_getTransactionReceipt", [tx_hash]) for tx_hash, _ in unexplained]
+        second = await self._exchange("track", again)
+
+        def reread() -> Tracking:
+            receipts = dict(tracking.receipts)
+            for (tx_hash, original), answer in zip(unexplained, second, strict=True):
+                if answer.error is not None:
+                    raise self._item_error("track", "eth_getTransactionReceipt", answer.error)
+                receipts[original] = _receipt(answer.result, tx_hash)
+            return replace(tracking, receipts=receipts)
+
+        return self._parsed("track", reread)
 
     async def compose_hash_logs(
         self, *, contract: str, compose_hash: str, from_block: int, to_block: int

@@ -86,7 +86,8 @@ class ChainClient(Protocol):
 
     async def track(self, tx_hashes: Sequence[str], *, sender: str | None) -> Tracking:
         """Chain id, head, the receipt and the transaction view of each hash, and the sender's nonces at
-        'latest' and 'pending' (when a sender is given)."""
+        'latest' and 'pending' (when a sender is given). A receipt reported absent was read after the
+        nonce: an absent receipt next to a nonce used past the transaction means it was replaced."""
         ...
 
     async def compose_hash_logs(
