@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeAlias
 
-from cvm_prelaunch_operator.domain.chain import Fees, hex32
+from cvm_prelaunch_operator.domain.chain import Fees, Receipt, hex32
 from cvm_prelaunch_operator.domain.text import format_time, parse_time
 
 StepName = Literal[
@@ -99,6 +99,19 @@ class Registering:
     @property
     def newest(self) -> TxVersion | None:
         return self.versions[-1] if self.versions else None
+
+    def mined(self, receipt: Receipt, versions: tuple[TxVersion, ...]) -> AwaitingConfirmations:
+        """The next state once one of ``versions`` (all sharing one nonce) is mined."""
+        return AwaitingConfirmations(
+            self.target,
+            self.chain,
+            tx_hash=receipt.tx_hash,
+            block_number=receipt.block_number,
+            block_hash=receipt.block_hash,
+            versions=versions,
+            start_block=self.start_block,
+            start_overs=self.start_overs,
+        )
 
 
 @dataclass(frozen=True)

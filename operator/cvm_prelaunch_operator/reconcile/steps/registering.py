@@ -111,18 +111,8 @@ async def decide(
         problem = registration_problem(receipt, chain)
         if problem is not None:
             return await registration_failed(ctx, chain, version.tx_hash, receipt, problem, version.sender)
-        confirming = AwaitingConfirmations(
-            state.target,
-            chain,
-            tx_hash=version.tx_hash,
-            block_number=receipt.block_number,
-            block_hash=receipt.block_hash,
-            versions=state.versions,
-            start_block=state.start_block,
-            start_overs=state.start_overs,
-        )
         return Transition(
-            state=confirming,
+            state=state.mined(receipt, state.versions),
             verdict=Verdict(
                 "RegisteringOnChain",
                 Reason.AWAITING_CONFIRMATIONS,

@@ -15,7 +15,7 @@ from cvm_prelaunch_operator.domain.chain import UnsignedTx, add_compose_hash_cal
 from cvm_prelaunch_operator.domain.conditions import Verdict
 from cvm_prelaunch_operator.domain.fees import OverCeiling, replacement
 from cvm_prelaunch_operator.domain.reasons import Reason
-from cvm_prelaunch_operator.domain.states import AwaitingConfirmations, Registering, State, TxVersion
+from cvm_prelaunch_operator.domain.states import Registering, State, TxVersion
 from cvm_prelaunch_operator.domain.status import (
     KnownRegistration,
     StatusPatch,
@@ -86,16 +86,7 @@ async def settle_before_signing(
                     and registration_problem(receipt, chain) is None
                 ):
                     decided = Transition(
-                        state=AwaitingConfirmations(
-                            state.target,
-                            chain,
-                            tx_hash=receipt.tx_hash,
-                            block_number=receipt.block_number,
-                            block_hash=receipt.block_hash,
-                            versions=entry.versions,
-                            start_block=state.start_block,
-                            start_overs=state.start_overs,
-                        ),
+                        state=state.mined(receipt, entry.versions),
                         verdict=Verdict(
                             "RegisteringOnChain",
                             Reason.AWAITING_CONFIRMATIONS,
