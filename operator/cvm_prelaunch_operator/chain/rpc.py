@@ -92,8 +92,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -125,6 +124,7 @@ from cvm_prelaunch_operator.domain.config import from_env, setting
 from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater, SyncError
 from cvm_prelaunch_operator.domain.proxy import proxy_from_environment
 from cvm_prelaunch_operator.domain.reasons import Reason
+from cvm_prelaunch_operator.domain.retry import retry_after_seconds as parse_retry_after
 from cvm_prelaunch_operator.domain.secrets import Redactor, Secret, redact_url
 
 if TYPE_CHECKING:
@@ -190,24 +190,8 @@ class ChainRpcSettings:
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """A ``Retry-After`` header in seconds (delta-seconds or an HTTP date): None when absent or
-    unreadable, never negative, at most an hour."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
+    """A ``Retry-After`` header in seconds: None when absent or unreadable, at most an hour."""
+    return parse_retry_after(value, cap=RETRY_AFTER_CAP_SECONDS, now=now)
 
 
 # -- what came back ---------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 from cvm_prelaunch_operator.domain.config import parse_duration, setting
 
@@ -108,3 +110,24 @@ class RetryPolicy:
 def round_up_millis(timestamp: float) -> float:
     """A time that gates work, rounded up to the millisecond it is written with."""
     return math.ceil(timestamp * 1000.0) / 1000.0
+
+
+def retry_after_seconds(value: str | None, *, cap: float, now: datetime | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds (delta-seconds or an HTTP date): None when absent or
+    unreadable, never negative, at most ``cap`` (the backoff caps it again, at ``RetryPolicy.cap``)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), cap)

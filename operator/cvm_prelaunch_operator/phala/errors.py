@@ -13,12 +13,10 @@ legacy flat form, as top-level ``compose_hash``/``app_id``/``device_id``/``kms_i
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 
 from cvm_prelaunch_operator.domain.compose_hash import load_json_bounded
 from cvm_prelaunch_operator.domain.errors import (
@@ -31,6 +29,7 @@ from cvm_prelaunch_operator.domain.errors import (
 )
 from cvm_prelaunch_operator.domain.models import ComposeHashChallenge
 from cvm_prelaunch_operator.domain.reasons import Reason
+from cvm_prelaunch_operator.domain.retry import retry_after_seconds
 
 MAX_MESSAGE_CHARS = 300
 MAX_RETRY_AFTER_SECONDS = 86_400.0  # a larger (or absurd) Retry-After is read as one day
@@ -99,24 +98,9 @@ def parse_error_body(content: bytes, redact: Callable[[str], str] = lambda text:
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date. None if absent
-    or unreadable; never negative; at most :data:`MAX_RETRY_AFTER_SECONDS`."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+    """Seconds to wait from a ``Retry-After`` header: None if absent or unreadable; never negative;
+    at most :data:`MAX_RETRY_AFTER_SECONDS`."""
+    return retry_after_seconds(value, cap=MAX_RETRY_AFTER_SECONDS, now=now)
 
 
 def parse_challenge(body: ErrorBody) -> ComposeHashChallenge | None:
