@@ -182,6 +182,31 @@ async def test_cvm_changed_while_awaiting_approval_sends_nothing_to_the_old_cont
     assert world.cloud.cvms["app-a2"].script == world.store.script
 
 
+async def test_a_dropped_transaction_for_a_cvm_the_spec_left_is_set_aside_not_sent_again() -> None:
+    world = World(block_time=2.0)
+    world.store.spec = spec("app-a1", on_chain=on_chain())
+    chain = world.chain[CHAIN_A]
+    await world.settle(until=lambda: bool((world.status.get("inFlight") or {}).get("transactions")))
+    tx = world.status["inFlight"]["transactions"][0]
+    chain.drop(tx["txHash"])
+    sends = len(chain.sends)
+    # The spec moves to an off-chain CVM but keeps spec.onChain: the chain is still reachable.
+    world.store.edit_spec(lambda s: s.update(cvmId="off-1"))
+    world.poke()
+    await world.settle(max_passes=100)
+    assert world.reason() == "Synced", world.status
+    assert len(chain.sends) == sends, "a transaction for app-a1 left while the spec names off-1"
+    assert not events(world, "TransactionRebroadcast")
+    assert world.status["unsettledTransactions"][0]["transactions"][0]["txHash"] == tx["txHash"]
+    # Back on app-a1: the set-aside nonce is reused by the new registration, which is mined once.
+    world.store.edit_spec(lambda s: s.update(cvmId="app-a1"))
+    world.poke()
+    await world.settle(max_passes=100)
+    assert world.reason() == "Synced", world.status
+    assert registrations(world, "app-a1") == 1
+    assert "unsettledTransactions" not in world.status
+
+
 async def test_onchain_removed_mid_flight_is_settled_and_stalls_with_invalid_spec() -> None:
     world = World(block_time=12.0)
     world.store.spec = spec("app-a1", on_chain=on_chain())

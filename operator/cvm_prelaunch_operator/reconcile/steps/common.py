@@ -1,12 +1,14 @@
 """Pieces several steps share: how a sync ends, how an accepted update is followed, how long to wait
-for a block, and what the chain says about a registration transaction."""
+for a block, how a registration is signed, and what the chain says about one."""
 
 from __future__ import annotations
 
 from cvm_prelaunch_operator.domain.chain import (
     OWNABLE_UNAUTHORIZED_ACCOUNT_SELECTOR,
+    Fees,
     Receipt,
     Tracking,
+    UnsignedTx,
     add_compose_hash_calldata,
     hex32,
     revert_selector,
@@ -17,7 +19,7 @@ from cvm_prelaunch_operator.domain.errors import Permanent
 from cvm_prelaunch_operator.domain.models import CvmInfo, UpdateAccepted
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.resource import normalise_hash
-from cvm_prelaunch_operator.domain.states import ChainTarget, Following, SyncTarget
+from cvm_prelaunch_operator.domain.states import ChainTarget, Following, SyncTarget, TxVersion
 from cvm_prelaunch_operator.domain.status import Applied, KnownRegistration, SourceRef, StatusPatch, remember
 from cvm_prelaunch_operator.domain.text import NODE_TEXT_LIMIT, cut
 from cvm_prelaunch_operator.reconcile.context import Event, StepContext, Transition
@@ -237,3 +239,30 @@ async def registration_failed(
             then="continue",
         )
     return Transition(state=None, verdict=Verdict("Failed", reason, message, stalled=True))
+
+
+async def sign_registration(
+    ctx: StepContext, chain: ChainTarget, *, nonce: int, gas: int, fees: Fees, sent_in_block: int | None
+) -> TxVersion:
+    """``addComposeHash(chain's hash)`` signed with this resource's key: a version to persist before
+    it is broadcast. ``sent_in_block`` is the head the first version of this nonce went out at."""
+    signed = ctx.ports.signer.sign(
+        await ctx.signer_key(),
+        UnsignedTx(
+            chain_id=chain.chain_id,
+            nonce=nonce,
+            to=chain.app_contract,
+            data=add_compose_hash_calldata(chain.compose_hash_hex),
+            gas=gas,
+            fees=fees,
+        ),
+    )
+    return TxVersion(
+        tx_hash=signed.tx_hash,
+        raw=signed.raw,
+        sender=signed.sender,
+        nonce=signed.nonce,
+        gas=gas,
+        fees=fees,
+        sent_in_block=sent_in_block,
+    )

@@ -18,6 +18,11 @@ With transactions, each pass looks at every version in one round and decides:
   higher, never above the ceiling (``TransactionReplaced``);
 - otherwise it waits for the next block: the worker is free meanwhile.
 
+A registration the spec no longer names (settle mode: the CVM, script or signer changed after it was
+broadcast) is only waited for: when it would need a broadcast again, a replacement or a gap filler, its
+versions are set aside in ``status.unsettledTransactions`` instead, so nothing new ever leaves for a target
+the spec does not name.
+
 Nonces: one lock per (chain, signer) in the process is held from the survey that reads the nonce to the
 broadcast of the transaction signed with it (until the end of that pass).
 """
@@ -61,6 +66,7 @@ from cvm_prelaunch_operator.reconcile.steps.common import (
     registration_problem,
     revert_reason,
     seconds_to_next_block,
+    sign_registration,
 )
 from cvm_prelaunch_operator.reconcile.steps.outside import Ignored, outside_registration
 
@@ -155,6 +161,13 @@ async def decide(
             then="continue",
         )
     base_fee = tracking.head.base_fee
+    if ctx.settling and (
+        refused_as_underpriced
+        or not any(tracking.transactions.get(v.tx_hash) is not None for v in state.versions)
+        or _behind_a_gap(tracking, newest)
+        or priced_out(newest.fees, base_fee)
+    ):
+        return _set_aside(ctx, state)
     if refused_as_underpriced:
         replaced = await _replace(ctx, state, base_fee=base_fee, why="the node refused it as underpriced")
         if replaced is not None:
@@ -293,6 +306,25 @@ async def _fill_gap(ctx: StepContext, state: Registering, tracking: Tracking) ->
     )
 
 
+def _set_aside(ctx: StepContext, state: Registering) -> Transition:
+    """A registration for inputs the spec no longer names that needs more than waiting (a broadcast
+    again, a replacement, a filler): nothing more is sent for it. Its versions join
+    ``status.unsettledTransactions``, looked at before this signer signs again on this chain."""
+    newest = state.versions[-1]
+    return Transition(
+        state=None,
+        verdict=Verdict(
+            "Pending",
+            Reason.PROGRESSING,
+            f"Transaction {newest.tx_hash} (nonce {newest.nonce}) is for inputs the spec no longer names "
+            "and is not being mined; nothing more is sent for it, it is set aside and looked at before the "
+            "signer signs again",
+        ),
+        status=unsettled.set_aside(ctx.status, state, state.versions),
+        then="continue",
+    )
+
+
 def _waiting(ctx: StepContext, state: Registering, message: str, events: tuple[Event, ...]) -> Transition:
     return Transition(
         state=state,
@@ -326,25 +358,8 @@ async def _replace(
     if isinstance(fees, OverCeiling):
         return _fee_wait(ctx, state, f"{fees.message}; transaction {newest.tx_hash} stays pending")
     await ctx.hold_signer_lock(chain.chain_id, address)
-    signed = ctx.ports.signer.sign(
-        await ctx.signer_key(),
-        UnsignedTx(
-            chain_id=chain.chain_id,
-            nonce=newest.nonce,
-            to=chain.app_contract,
-            data=add_compose_hash_calldata(chain.compose_hash_hex),
-            gas=newest.gas,
-            fees=fees,
-        ),
-    )
-    version = TxVersion(
-        tx_hash=signed.tx_hash,
-        raw=signed.raw,
-        sender=signed.sender,
-        nonce=signed.nonce,
-        gas=signed.gas,
-        fees=fees,
-        sent_in_block=newest.sent_in_block,
+    version = await sign_registration(
+        ctx, chain, nonce=newest.nonce, gas=newest.gas, fees=fees, sent_in_block=newest.sent_in_block
     )
     return Transition(
         state=Registering(
@@ -412,7 +427,6 @@ async def _begin(ctx: StepContext, state: Registering) -> Transition:
     adopted = await unsettled.settle_before_signing(ctx, client, state, address)
     if adopted is not None:
         return adopted
-    key = await ctx.signer_key()
     calldata = add_compose_hash_calldata(chain.compose_hash_hex)
     survey = await client.survey(
         contract=chain.app_contract,
@@ -467,20 +481,8 @@ async def _begin(ctx: StepContext, state: Registering) -> Transition:
             reason=Reason.INSUFFICIENT_FUNDS,
         )
     nonce = max(survey.pending_nonce, survey.mined_nonce)
-    signed = ctx.ports.signer.sign(
-        key,
-        UnsignedTx(
-            chain_id=chain.chain_id, nonce=nonce, to=chain.app_contract, data=calldata, gas=gas, fees=fees
-        ),
-    )
-    version = TxVersion(
-        tx_hash=signed.tx_hash,
-        raw=signed.raw,
-        sender=signed.sender,
-        nonce=nonce,
-        gas=gas,
-        fees=fees,
-        sent_in_block=survey.head.number,
+    version = await sign_registration(
+        ctx, chain, nonce=nonce, gas=gas, fees=fees, sent_in_block=survey.head.number
     )
     return Transition(
         state=Registering(

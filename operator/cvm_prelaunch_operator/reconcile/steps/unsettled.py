@@ -1,6 +1,7 @@
 """Transactions broadcast for inputs that changed before they settled, kept in
 ``status.unsettledTransactions`` when no configured RPC could finish them (``spec.onChain`` removed, or
-pointed at another chain).
+pointed at another chain), or when finishing them would mean sending something more for inputs the spec
+no longer names (a broadcast again, a replacement, a gap filler).
 
 They are never forgotten while they could still be mined: before this signer signs anything new on
 that chain, each one is looked at. Mined: remembered as a registration (and reused when it is the hash
@@ -11,7 +12,7 @@ so two transactions of the signer never race for different nonces behind a stuck
 
 from __future__ import annotations
 
-from cvm_prelaunch_operator.domain.chain import UnsignedTx, add_compose_hash_calldata, same_address
+from cvm_prelaunch_operator.domain.chain import same_address
 from cvm_prelaunch_operator.domain.conditions import Verdict
 from cvm_prelaunch_operator.domain.fees import OverCeiling, replacement
 from cvm_prelaunch_operator.domain.reasons import Reason
@@ -25,7 +26,12 @@ from cvm_prelaunch_operator.domain.status import (
 )
 from cvm_prelaunch_operator.reconcile.context import Event, StepContext, Transition
 from cvm_prelaunch_operator.reconcile.ports import ChainClient
-from cvm_prelaunch_operator.reconcile.steps.common import check_chain, registration_problem, same_hash
+from cvm_prelaunch_operator.reconcile.steps.common import (
+    check_chain,
+    registration_problem,
+    same_hash,
+    sign_registration,
+)
 
 
 def set_aside(status: StatusView, state: State, versions: tuple[TxVersion, ...]) -> StatusPatch:
@@ -169,24 +175,11 @@ async def _replace_with_ours(
     fees = replacement(newest.fees, base_fee=base_fee, suggested_tip=None, ceiling=ceiling)
     if isinstance(fees, OverCeiling):
         return None
-    gas = max(newest.gas, 21_000)
-    signed = ctx.ports.signer.sign(
-        await ctx.signer_key(),
-        UnsignedTx(
-            chain_id=chain.chain_id,
-            nonce=newest.nonce,
-            to=chain.app_contract,
-            data=add_compose_hash_calldata(chain.compose_hash_hex),
-            gas=gas,
-            fees=fees,
-        ),
-    )
-    version = TxVersion(
-        tx_hash=signed.tx_hash,
-        raw=signed.raw,
-        sender=signed.sender,
-        nonce=signed.nonce,
-        gas=gas,
+    version = await sign_registration(
+        ctx,
+        chain,
+        nonce=newest.nonce,
+        gas=max(newest.gas, 21_000),
         fees=fees,
         sent_in_block=newest.sent_in_block,
     )
