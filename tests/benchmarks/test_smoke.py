@@ -13,7 +13,7 @@ import pytest
 
 from cvm_prelaunch_localenv.paths import repo_root
 
-SCENARIOS = ("first_sync", "reaction", "restart", "noise", "secrets", "fanout", "onchain", "soak")
+SCENARIOS = ("first_sync", "reaction", "restart", "noise", "secrets", "fanout", "onchain", "mainnet", "soak")
 SMOKE_TIMEOUT_S = 240
 
 pytestmark = pytest.mark.slow
@@ -78,6 +78,8 @@ def test_properties_that_hold_at_any_size(smoke_report: dict[str, Any]) -> None:
     assert soak["edits"] >= 1
     onchain = scenarios["onchain"]["figures"]
     assert onchain["operator_edits"] >= 1
+    mainnet = scenarios["mainnet"]["figures"]
+    assert mainnet["resources"] >= 1 and mainnet["rpc_http_requests_per_registration"] > 0
     # What a sync costs is reported with its parts (issue 12).
     for figures in (scenarios["first_sync"]["figures"], fanout):
         assert figures["operator_cpu_ms_per_sync"] > 0
