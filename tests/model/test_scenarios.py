@@ -73,6 +73,24 @@ async def test_confirmations_are_waited_for_as_progress_not_failures() -> None:
     assert registrations(world, "app-a1") == 1
 
 
+async def test_the_first_look_after_a_broadcast_is_at_the_next_block_not_the_poll_floor() -> None:
+    world = World(block_time=2.0)
+    world.store.spec = spec("app-a1", on_chain=on_chain())
+    chain = world.chain[CHAIN_A]
+    await world.settle(max_passes=100)  # a first sync teaches the block clock the chain's pace
+    assert world.reason() == "Synced", world.status
+    world.advance(chain.last_mined_at + 1.5 - world.clock.now)  # the next block is 0.5 s away
+    world.store.edit_script("#!/bin/sh\necho v2\n")
+    world.poke()
+    sends = len(chain.sends)
+    await world.settle(until=lambda: len(chain.sends) > sends)
+    assert world.due is not None
+    wait = world.due - world.clock.now
+    assert 0.5 <= wait < 1.0, f"first look {wait:.2f} s after the broadcast"
+    await world.settle(max_passes=100)
+    assert world.reason() == "Synced", world.status
+
+
 async def test_a_dropped_transaction_is_broadcast_again_with_the_same_bytes() -> None:
     world = World(block_time=2.0)
     world.store.spec = spec("app-a1", on_chain=on_chain())

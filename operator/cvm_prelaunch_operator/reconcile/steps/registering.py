@@ -199,7 +199,7 @@ async def decide(
                 ),
             ),
             then="wait",
-            requeue_after=seconds_to_next_block(ctx, chain.chain_id),
+            requeue_after=seconds_to_next_block(ctx, chain.chain_id, first_look=True),
         )
     if _behind_a_gap(tracking, newest):
         filled = await _fill_gap(ctx, state, tracking)
@@ -246,6 +246,7 @@ async def decide(
         f"Transaction {newest.tx_hash} (nonce {newest.nonce}) is pending; head is block "
         f"{tracking.head.number}",
         events,
+        just_sent=just_sent,
     )
 
 
@@ -325,13 +326,22 @@ def _set_aside(ctx: StepContext, state: Registering) -> Transition:
     )
 
 
-def _waiting(ctx: StepContext, state: Registering, message: str, events: tuple[Event, ...]) -> Transition:
+def _waiting(
+    ctx: StepContext,
+    state: Registering,
+    message: str,
+    events: tuple[Event, ...],
+    *,
+    just_sent: bool = False,
+) -> Transition:
+    # Right after a broadcast the next look is the only one for the coming block: it may come sooner
+    # than the poll floor, at the block's expected time.
     return Transition(
         state=state,
         verdict=Verdict("RegisteringOnChain", Reason.REGISTERING_ON_CHAIN, message),
         events=events,
         then="wait",
-        requeue_after=seconds_to_next_block(ctx, state.chain.chain_id),
+        requeue_after=seconds_to_next_block(ctx, state.chain.chain_id, first_look=just_sent),
     )
 
 
