@@ -45,12 +45,9 @@ MUTANTS = (
     Mutant(
         "drop the write-ahead before broadcast (send, then persist the signed transaction)",
         "reconcile/steps/registering.py",
-        "    version = TxVersion(\n        tx_hash=signed.tx_hash,\n        raw=signed.raw,\n        "
-        "sender=signed.sender,\n"
-        "        nonce=nonce,",
-        "    ctx.may_act()\n    await client.send(signed.raw)\n    version = TxVersion(\n        "
-        "tx_hash=signed.tx_hash,\n"
-        "        raw=signed.raw,\n        sender=signed.sender,\n        nonce=nonce,",
+        "        ctx, chain, nonce=nonce, gas=gas, fees=fees, sent_in_block=survey.head.number\n    )\n",
+        "        ctx, chain, nonce=nonce, gas=gas, fees=fees, sent_in_block=survey.head.number\n    )\n"
+        "    ctx.may_act()\n    await client.send(version.raw)\n",
     ),
     Mutant(
         "keep a reverted record (a stall that keeps the transaction every pass fails on)",
