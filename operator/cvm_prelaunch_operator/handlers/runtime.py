@@ -161,6 +161,9 @@ class Runtime:
         self._generations: dict[ObjectKey, object] = {}  # the generation the index was built from
         # A summary of every watched resource, for the metrics at scrape time.
         self.ready_states: dict[ObjectKey, ResourceSummary] = {}
+        # resourceVersions seen while a status write of ours was under way: decided when it settles.
+        self._unsure: dict[ObjectKey, set[str]] = {}
+        cluster.on_write_settled(self._write_settled)
 
     # -- leadership ---------------------------------------------------------------------------------
 
@@ -185,6 +188,7 @@ class Runtime:
 
     def on_resource(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:
         if body is None:
+            self._unsure.pop(key, None)
             self.ready_states.pop(key, None)
             self._generations.pop(key, None)
             old = self.index.remove(key)
@@ -206,7 +210,16 @@ class Runtime:
         version = str((body.get("metadata") or {}).get("resourceVersion", ""))
         if self.cluster.wrote(key, version):
             return  # the echo of our own status write: the pass that wrote it has planned what follows
+        if self.cluster.writing(key):
+            # Perhaps the echo of the write under way, its answer not back yet: decided when it is.
+            self._unsure.setdefault(key, set()).add(version)
+            return
         self._enqueue(key)
+
+    def _write_settled(self, key: ObjectKey) -> None:
+        versions = self._unsure.pop(key, None)
+        if versions and not all(self.cluster.wrote(key, version) for version in versions):
+            self._enqueue(key)
 
     def on_configmap(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:
         users = self.index.by_configmap(key)

@@ -14,7 +14,7 @@ import binascii
 import logging
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -75,6 +75,10 @@ class Cluster:
         self._configmaps: dict[ObjectKey, CachedConfigMap | None] = {}
         # resourceVersions our own status writes produced, so their watch events are not new work.
         self._written: dict[ObjectKey, deque[str]] = {}
+        # Status writes under way per resource: the watch may deliver a write's echo before its answer
+        # (and so its resourceVersion) arrives; whoever watches is told when the last one settles.
+        self._writing: dict[ObjectKey, int] = {}
+        self._write_settled: Callable[[ObjectKey], None] | None = None
         self._event_posts: set[asyncio.Task[None]] = set()
         self._event_lane: asyncio.Semaphore | None = None  # made in the loop, on first use
         self._secret_versions: dict[ObjectKey, str | None] = {}
@@ -113,6 +117,15 @@ class Cluster:
 
     def forget_resource(self, key: ObjectKey) -> None:
         self._written.pop(key, None)
+
+    def writing(self, key: ObjectKey) -> bool:
+        """True while a status write of ours to this resource waits for its answer."""
+        return key in self._writing
+
+    def on_write_settled(self, callback: Callable[[ObjectKey], None]) -> None:
+        """``callback(key)`` runs when the last status write under way to ``key`` has its answer (or
+        failed): an event that arrived meanwhile can then be told apart from the write's echo."""
+        self._write_settled = callback
 
     @property
     def cached_configmaps(self) -> int:
@@ -170,6 +183,20 @@ class Cluster:
         """Merge-patch the status subresource. The resourceVersion in the body is a precondition:
         the API server refuses the write with 409 if the object changed since."""
         self._fence.check()
+        key = (namespace, name)
+        self._writing[key] = self._writing.get(key, 0) + 1
+        try:
+            return await self._patch_status(namespace, name, patch, resource_version)
+        finally:
+            left = self._writing.pop(key) - 1
+            if left:
+                self._writing[key] = left
+            elif self._write_settled is not None:
+                self._write_settled(key)
+
+    async def _patch_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
+    ) -> str:
         body = {"metadata": {"resourceVersion": resource_version}, "status": dict(patch)}
         try:
             answer = await self._client.request(
