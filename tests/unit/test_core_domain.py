@@ -171,8 +171,12 @@ def test_block_clock_learns_interval_and_lag() -> None:
     assert clock.interval == pytest.approx(2.0)
     # Next block at 1002 + lag 0.4: seen from 1001.0 it is 1.45 s away (0.05 margin).
     assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.45)
-    # Overdue: the next slot of the learned grid (the engine never looks more often than each second).
-    assert 0 < clock.seconds_to_next_block(1010.0) <= 2.0
+    # Overdue (expected at 1002.45): as long again as it has been overdue (the policy bounds it).
+    assert clock.seconds_to_next_block(1010.0) == pytest.approx(7.55)
+    assert clock.seconds_to_next_block(1002.5) == pytest.approx(0.05)
+    policy = RetryPolicy()
+    assert policy.block_wait(clock.seconds_to_next_block(1002.5)) == policy.block_poll_min
+    assert policy.block_wait(clock.seconds_to_next_block(1100.0)) == policy.block_poll_max
 
 
 def test_calldata_round_trip() -> None:

@@ -78,10 +78,11 @@ class BlockClock:
         lag = min(max(self.lag if self.lag is not None else 0.5, 0.0), interval + 1.0)
         expected = self.head_timestamp + interval + lag + 0.05
         if expected <= now:
-            # Overdue: blocks come late or not at all (an idle automining chain). Look again after
-            # another interval, not in a tight loop.
-            overdue = now - expected
-            return interval - (overdue % interval) if interval > 0 else 1.0
+            # Overdue: the block is late, the interval was learned from a burst of blocks, or the chain
+            # is idle. Waiting as long as it has been overdue thins the looks out (the policy's floor
+            # of 1 s, then about 2, 4, 8 s... up to its ceiling) until a new block is seen, and costs a
+            # block that is only a little late a second, not a whole interval.
+            return now - expected
         return expected - now
 
 
