@@ -174,6 +174,7 @@ def mainnet(run: MainnetRun) -> dict[str, Any]:
                 operator.kill()
             rpc_calls = sum(proxy.calls.values())
             rpc_requests = proxy.http_requests
+            calls_by_method = dict(proxy.calls.most_common())
     lags: list[float] = []
     for body in done:
         status = body["status"]
@@ -202,6 +203,9 @@ def mainnet(run: MainnetRun) -> dict[str, Any]:
             "confirmations": confirmations,
             "rpc_http_requests_per_registration": round(rpc_requests / max(1, count), 1),
             "rpc_calls_per_registration": round(rpc_calls / max(1, count), 1),
+            "rpc_calls_per_registration_by_method": {
+                method: round(n / max(1, count), 1) for method, n in calls_by_method.items()
+            },
             "created_to_all_synced_seconds": _last_sync(done, created),
             "reaction_edits": len(reactions),
         },

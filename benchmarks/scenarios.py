@@ -62,7 +62,7 @@ class Sizes:
     fanout_sweep: tuple[int, ...] = (16,)  # further limits measured the same way
     fanout_latency_ms: int = 50
     block_time: float = 2.0
-    onchain_edits: int = 10
+    onchain_edits: int = 20
     mainnet_resources: int = 50
     mainnet_block_time: float = 12.0
     mainnet_offchain: int = 10
@@ -773,13 +773,17 @@ def onchain(run: Run) -> Result:
         cli_wall: list[float] = []
         try:
             bench.wait_synced(namespace, "chain", first, timeout=120.0)
-            rng = random.Random(20261130)
-            for i in range(sizes.onchain_edits):
+            # Edits come at any moment of a block, as users make them. The moments are spread evenly
+            # over the block (stratified, in a shuffled order), so that a handful of edits measures
+            # the average over the block's phase and not the luck of a few random draws.
+            count = sizes.onchain_edits
+            phases = [(i + 0.5) / count * block_time for i in range(count)]
+            random.Random(20261130).shuffle(phases)
+            w3 = chain.web3()
+            for i, phase in enumerate(phases):
                 text = script_text(f"on-chain {i} {secrets.token_hex(4)}")
                 admin.clear_requests()
-                # Edits come at any moment of a block, as users make them: without this pause each edit
-                # would follow the previous sync, which ends just after a block, and always wait a whole one.
-                time.sleep(rng.uniform(0.0, block_time))
+                _after_a_new_block(w3, phase, timeout=block_time * 3 + 5)
                 began = time.monotonic()
                 scenario.patch_configmap(bench.cp, namespace, "chain-script", {"pre-launch.sh": text})
                 accepted = bench.wait_request(_phase2_accepted(cvm_op.id), timeout=120.0, interval=0.02)
@@ -839,11 +843,24 @@ def onchain(run: Run) -> Result:
         },
         "targets": targets,
         "notes": [
+            "Each edit is made a set time after a new block is first seen (polled every 20 ms): times "
+            "spread evenly over the block, (i + 1/2) / n x B for i < n, in a shuffled order.",
             "Operator: ConfigMap edit to the Phase-2 202 answered by the simulator. CLI: process start of "
             "`phala deploy --cvm-id ... --pre-launch-script ... --private-key ... --rpc-url ... --wait` on "
-            "another CVM of the same simulator and chain, to the Phase-2 202 of its update."
+            "another CVM of the same simulator and chain, to the Phase-2 202 of its update.",
         ],
     }
+
+
+def _after_a_new_block(w3: Any, delay: float, *, timeout: float) -> None:
+    """Returns ``delay`` seconds after the chain's next block is first seen."""
+    start = int(w3.eth.block_number)
+    deadline = time.monotonic() + timeout
+    while int(w3.eth.block_number) == start:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no block after {start} within {timeout:.0f} s")
+        time.sleep(0.02)
+    time.sleep(delay)
 
 
 def _run_cli(
