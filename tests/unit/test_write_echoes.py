@@ -1,6 +1,7 @@
 """A status write's echo that the watch delivers before the write's answer is not new work, while any
-other change seen meanwhile still is (the runtime's bookkeeping; the API server is played by a client
-whose answer the test releases)."""
+other change seen meanwhile still is, and a ConfigMap listing that repeats what the passes read is not
+work either (the runtime's bookkeeping; the API server is played by a client whose answer the test
+releases)."""
 
 from __future__ import annotations
 
@@ -66,4 +67,20 @@ async def test_without_a_write_under_way_every_change_is_work_at_once() -> None:
     cluster = Cluster(cast(KubeClient, HeldClient(answer="7")))
     runtime = Runtime(cluster, reconciler=cast(Any, None), workers=1)
     runtime.on_resource(KEY, body("5"))
+    assert len(runtime.queue) == 1
+
+
+def configmap(version: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": "cm", "resourceVersion": version}, "data": {"k": "x"}}
+
+
+async def test_a_configmap_version_the_passes_read_already_is_not_work() -> None:
+    cluster = Cluster(cast(KubeClient, HeldClient(answer="7")))
+    runtime = Runtime(cluster, reconciler=cast(Any, None), workers=1)
+    runtime.on_resource(KEY, body("5"))
+    runtime.queue.forget(KEY)
+    cluster.observe_configmap(("ns", "cm"), configmap("11"))  # as a pass's GET caches it
+    runtime.on_configmap(("ns", "cm"), configmap("11"))  # the listing, arriving after the pass
+    assert len(runtime.queue) == 0
+    runtime.on_configmap(("ns", "cm"), configmap("12"))  # an edit
     assert len(runtime.queue) == 1

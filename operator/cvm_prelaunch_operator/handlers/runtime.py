@@ -225,6 +225,10 @@ class Runtime:
         users = self.index.by_configmap(key)
         if not users:
             return  # unreferenced: keep nothing of it
+        version = str(((body or {}).get("metadata") or {}).get("resourceVersion") or "")
+        if body is not None and version and self.cluster.known_configmap_version(key) == version:
+            # What the passes read already (a first listing arriving after them): nothing changed.
+            return
         self.cluster.observe_configmap(key, body)
         for resource in users:
             self._enqueue(resource)

@@ -97,6 +97,11 @@ class Cluster:
             binary_data=dict(body.get("binaryData") or {}),
         )
 
+    def known_configmap_version(self, key: ObjectKey) -> str | None:
+        """The resourceVersion of the ConfigMap as cached (None: absent, or not cached)."""
+        cached = self._configmaps.get(key)
+        return cached.resource_version if cached is not None else None
+
     def observe_secret(self, key: ObjectKey, resource_version: str | None) -> None:
         self._secret_versions[key] = resource_version
 
