@@ -177,6 +177,9 @@ def test_block_clock_learns_interval_and_lag() -> None:
     policy = RetryPolicy()
     assert policy.block_wait(clock.seconds_to_next_block(1002.5)) == policy.block_poll_min
     assert policy.block_wait(clock.seconds_to_next_block(1100.0)) == policy.block_poll_max
+    # Right after a broadcast (which may make the block on a chain that mines on demand): the next
+    # slot of the learned interval, never the backoff.
+    assert 0 < clock.seconds_to_next_block(1100.0, just_sent=True) <= 2.0
 
 
 def test_calldata_round_trip() -> None:

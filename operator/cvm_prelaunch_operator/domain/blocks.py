@@ -70,19 +70,26 @@ class BlockClock:
         self.samples.append(min(_MAX_INTERVAL, max(_MIN_INTERVAL, interval)))
         self.interval = statistics.median(self.samples)
 
-    def seconds_to_next_block(self, now: float) -> float:
-        """Seconds from ``now`` until the block after the last seen head should be visible here."""
+    def seconds_to_next_block(self, now: float, *, just_sent: bool = False) -> float:
+        """Seconds from ``now`` until the block after the last seen head should be visible here.
+
+        ``just_sent``: a transaction went out a moment ago, which may itself make the next block (a
+        chain that mines on demand), so an overdue block is looked for at the next slot of the learned
+        interval rather than after a backoff."""
         if self.head_timestamp is None:
             return 1.0
         interval = self.interval if self.interval is not None else 1.0
         lag = min(max(self.lag if self.lag is not None else 0.5, 0.0), interval + 1.0)
         expected = self.head_timestamp + interval + lag + 0.05
         if expected <= now:
+            overdue = now - expected
+            if just_sent:
+                return interval - (overdue % interval) if interval > 0 else 1.0
             # Overdue: the block is late, the interval was learned from a burst of blocks, or the chain
             # is idle. Waiting as long as it has been overdue thins the looks out (the policy's floor
             # of 1 s, then about 2, 4, 8 s... up to its ceiling) until a new block is seen, and costs a
             # block that is only a little late a second, not a whole interval.
-            return now - expected
+            return overdue
         return expected - now
 
 

@@ -143,7 +143,9 @@ def runs_script(cvm: CvmInfo, script_sha256: str) -> bool | None:
 
 def seconds_to_next_block(ctx: StepContext, chain_id: int, *, first_look: bool = False) -> float:
     clock = ctx.block_clock(chain_id)
-    return ctx.policy.block_wait(clock.seconds_to_next_block(ctx.now), first_look=first_look)
+    return ctx.policy.block_wait(
+        clock.seconds_to_next_block(ctx.now, just_sent=first_look), first_look=first_look
+    )
 
 
 def observe_head(ctx: StepContext, chain_id: int, tracking_or_head: Tracking) -> None:
