@@ -338,8 +338,11 @@ _app_composes = st.fixed_dictionaries(
 ).flatmap(lambda base: st.dictionaries(_keys, _json_values, max_size=5).map(lambda extra: {**extra, **base}))
 
 # Content where every variant must agree: no ": " in strings, ASCII only, integers, no index keys.
+# The JS SDK's serialisation ends with replace('": ', '":') over the whole text, which also rewrites a
+# string that contains '": ' or starts with ': ' (its opening quote before it): content the variants
+# legitimately disagree on, left out of "ordinary" content.
 _plain_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20).filter(
-    lambda s: '": ' not in s
+    lambda s: '": ' not in s and not s.startswith(": ")
 )
 _plain_keys = st.text(st.characters(min_codepoint=0x61, max_codepoint=0x7A), min_size=1, max_size=6)
 _plain_values = st.recursive(
