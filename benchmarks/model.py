@@ -93,13 +93,18 @@ def long_mode(examples: int, steps: int, timeout: float) -> dict[str, object]:
         timeout,
     )
     stats = [line.removeprefix("model: ") for line in output.splitlines() if line.startswith("model: ")]
-    return {
+    report: dict[str, object] = {
         "examples": examples,
         "steps": steps,
         "passed": code == 0,
         "seconds": round(seconds, 1),
         "stats": stats,
     }
+    if code != 0:
+        # What failed and hypothesis' shortest example, so that a failure of the long run can be replayed.
+        report["failure"], report["example"] = falsifying_example(output)
+        report["output_tail"] = output.splitlines()[-60:]
+    return report
 
 
 def falsifying_example(output: str) -> tuple[str, list[str]]:
