@@ -32,6 +32,21 @@ def step_is(step: str, *, with_transactions: bool | None = None) -> Callable[[An
     return check
 
 
+def broadcast_on(anvil: Anvil) -> Callable[[Any], bool]:
+    """Registering with its newest transaction known to the node. The state is written *before* the
+    broadcast, so a test that acts on the chain (drops, mines, reorgs) must wait for the node too."""
+    w3 = anvil.web3()
+    registering = step_is("Registering", with_transactions=True)
+
+    def check(body: Any) -> bool:
+        if not registering(body):
+            return False
+        tx_hash = flight(body)["transactions"][-1]["txHash"]
+        return w3.provider.make_request("eth_getTransactionByHash", [tx_hash]).get("result") is not None  # type: ignore[arg-type]
+
+    return check
+
+
 def registrations_of(anvil: Anvil, contract: str, compose_hash: str) -> list[dict[str, Any]]:
     """``ComposeHashAdded(compose_hash)`` logs of ``contract`` on the canonical chain."""
     logs = anvil.web3().eth.get_logs(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from chain_kit import events_of, flight, mining, registrations_of, step_is
+from chain_kit import broadcast_on, events_of, flight, mining, registrations_of, step_is
 
 from cvm_prelaunch_localenv import scenario
 from cvm_prelaunch_localenv.chain import Anvil
@@ -106,7 +106,7 @@ def test_a_dropped_transaction_is_broadcast_again(
     operator_factory()
     with mining(anvil):
         setup.create(target, signer=6)
-        body = setup.wait("app", step_is("Registering", with_transactions=True), "a pending registration")
+        body = setup.wait("app", broadcast_on(anvil), "a pending registration")
         tx = flight(body)["transactions"][0]["txHash"]
         assert anvil.drop_transaction(tx)
         setup.wait(
@@ -134,7 +134,7 @@ def test_a_base_fee_spike_replaces_the_transaction_with_higher_fees(
     w3 = anvil.web3()
     with mining(anvil):
         setup.create(target, signer=7)
-        body = setup.wait("app", step_is("Registering", with_transactions=True), "a pending registration")
+        body = setup.wait("app", broadcast_on(anvil), "a pending registration")
         first = flight(body)["transactions"][0]
         anvil.set_next_base_fee(int(first["maxFeePerGas"]) * 3)
         anvil.mine(1)  # the transaction is priced out (anvil evicts it)
@@ -187,7 +187,7 @@ def test_a_reorg_before_the_confirmations_delays_phase_2(
     with mining(anvil):
         anvil.mine(3)  # the app contract's deployment lies deeper than the reorg
         setup.create(target, signer=4, on_chain={"confirmations": 3})
-        body = setup.wait("app", step_is("Registering", with_transactions=True), "a pending registration")
+        body = setup.wait("app", broadcast_on(anvil), "a pending registration")
         tx = flight(body)["transactions"][0]["txHash"]
         anvil.mine(1)
         body = setup.wait("app", step_is("AwaitingConfirmations"), "mined, waiting for confirmations")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from chain_kit import (
     COMPOSE_HASH_ADDED,
+    broadcast_on,
     events_of,
     flight,
     mining,
@@ -100,7 +101,7 @@ def test_on_chain_removed_mid_flight_stalls_then_moving_to_an_off_chain_cvm_sync
     operator = operator_factory()
     with mining(anvil):  # the registration stays pending
         setup.create(onchain, signer=5)
-        setup.wait("app", step_is("Registering", with_transactions=True), "a broadcast registration")
+        setup.wait("app", broadcast_on(anvil), "a broadcast registration")
         setup.cp.kubectl(
             "patch",
             "cpls",
@@ -170,7 +171,7 @@ def test_a_revert_after_ownership_moved_stalls_without_a_record_and_recovers(
     operator_factory()
     with mining(anvil):
         setup.create(target, signer=7)
-        body = setup.wait("app", step_is("Registering", with_transactions=True), "a pending registration")
+        body = setup.wait("app", broadcast_on(anvil), "a pending registration")
         compose_hash = flight(body)["composeHash"]
         set_owner(anvil, target.contract.address, anvil.accounts[8].address)  # between signing and mining
         anvil.mine(1)
