@@ -161,18 +161,16 @@ async def decide(
             then="continue",
         )
     base_fee = tracking.head.base_fee
+    lost = not any(tracking.transactions.get(v.tx_hash) is not None for v in state.versions)
     if ctx.settling and (
-        refused_as_underpriced
-        or not any(tracking.transactions.get(v.tx_hash) is not None for v in state.versions)
-        or _behind_a_gap(tracking, newest)
-        or priced_out(newest.fees, base_fee)
+        refused_as_underpriced or lost or _behind_a_gap(tracking, newest) or priced_out(newest.fees, base_fee)
     ):
         return _set_aside(ctx, state)
     if refused_as_underpriced:
         replaced = await _replace(ctx, state, base_fee=base_fee, why="the node refused it as underpriced")
         if replaced is not None:
             return replaced
-    if not any(tracking.transactions.get(v.tx_hash) is not None for v in state.versions):
+    if lost:
         # Dropped by the node (restart, eviction): the same signed bytes are always safe to send again.
         client = await ctx.chain()
         ctx.may_act()
