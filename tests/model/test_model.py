@@ -126,15 +126,23 @@ class OperatorModel(RuleBasedStateMachine):
         self.script_at_pass = world.store.script
         gated = world.store.status.get("nextRetryTime")
         gate = parse_time(gated)
+        started = world.clock.now
         remote_before = self.remote_calls()
         writes_before = world.store.writes
         outcome = self.run(world.run_pass())
         if gate is not None and gate > world.clock.now and not world.crashes:
             assert self.remote_calls() == remote_before, "a request left before status.nextRetryTime"
         if outcome is not None and world.store.writes == writes_before and outcome.requeue_after is not None:
-            assert outcome.requeue_after >= 0.05 or world.due is None, (
-                "a pass without progress came back at once"
-            )
+            if gate is not None and gate > started:
+                # Backing off: the pass waits out the gate, however little of it is left, and no longer.
+                assert abs(started + outcome.requeue_after - gate) < 0.002, (
+                    f"a pass inside the backoff came back at +{outcome.requeue_after:.3f}s, "
+                    f"the gate is at +{gate - started:.3f}s"
+                )
+            else:
+                assert outcome.requeue_after >= 0.05 or world.due is None, (
+                    "a pass without progress came back at once"
+                )
         self.check_sends()
 
     def remote_calls(self) -> int:

@@ -369,6 +369,25 @@ async def test_retry_after_is_honoured() -> None:
     assert world.clock.now - failed_at >= 4.0
 
 
+async def test_a_pass_inside_the_backoff_waits_out_what_is_left_and_sends_nothing() -> None:
+    """A watch event (or requested-at) just before the gate: the pass returns the few milliseconds left,
+    however few, not a floor that would make the retry late, and sends nothing before them."""
+    world = World()
+    world.cloud.faults.append(("phase1", RetryLater("unavailable", status_code=500)))
+    await world.run_pass()
+    gate = world.due
+    assert gate is not None
+    tried = len(world.cloud.patches)
+    world.advance(gate - world.clock.now - 0.01)
+    world.poke()
+    outcome = await world.run_pass()
+    assert outcome is not None and outcome.requeue_after is not None
+    assert outcome.requeue_after == pytest.approx(0.01, abs=0.002)
+    assert len(world.cloud.patches) == tried
+    await world.settle()
+    assert world.reason() == "Synced"
+
+
 async def test_467_waits_the_recheck_delay_without_counting_failures() -> None:
     world = World()
     world.store.spec = spec("app-a1", on_chain=on_chain())

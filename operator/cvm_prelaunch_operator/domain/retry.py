@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from cvm_prelaunch_operator.domain.config import parse_duration, setting
-
-_RNG = random.Random()  # jitter needs no cryptographic randomness
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,9 @@ class RetryPolicy:
     block_poll_max: float = 30.0  # and at least this often, even when no block comes
     fee_wait: float = 30.0  # FeeCeilingReached: look again after this at the latest
     drift_retry: float = 60.0  # a failed drift check is tried again after this (at most the interval)
+    # The source of backoff jitter (no cryptographic randomness needed); tests pass a seeded one so that a
+    # failing example replays the same delays.
+    jitter: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.base <= self.cap:
@@ -84,7 +85,7 @@ class RetryPolicy:
         """
         attempt = max(1, failures)
         step = min(self.cap, self.base * 2.0 ** min(attempt - 1, 30))
-        delay = step / 2 + (rng or _RNG).uniform(0, step / 2)
+        delay = step / 2 + (rng or self.jitter).uniform(0, step / 2)
         if retry_after is not None and retry_after > 0:
             delay = max(delay, min(self.cap, retry_after))
         return delay
