@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from model_world import CHAIN_A, CHAIN_B, OTHER, OWNER, World, on_chain, spec
 
 from cvm_prelaunch_operator.domain.errors import RecheckChain, RetryLater, StartOver
 from cvm_prelaunch_operator.domain.reasons import Reason
+from cvm_prelaunch_operator.domain.retry import RetryPolicy
 from cvm_prelaunch_operator.domain.states import from_status
 from cvm_prelaunch_operator.domain.text import MESSAGE_LIMIT, parse_time
 
@@ -81,6 +83,7 @@ class OperatorModel(RuleBasedStateMachine):
         signer=st.sampled_from([True, True, True, False]),
         drift=st.sampled_from(["0s", "30s"]),
         evicts=st.booleans(),
+        jitter=st.integers(0, 2**16),
     )
     def setup(
         self,
@@ -91,8 +94,10 @@ class OperatorModel(RuleBasedStateMachine):
         signer: bool,
         drift: str,
         evicts: bool,
+        jitter: int = 0,
     ) -> None:
-        self.world = World(block_time=block_time)
+        # The backoff jitter is drawn like every other choice, so a printed example replays exactly.
+        self.world = World(block_time=block_time, policy=RetryPolicy(jitter=random.Random(jitter)))
         for chain in self.world.chain.values():
             chain.evicts_underpriced = evicts
         chain = on_chain(CHAIN_OF.get(cvm, CHAIN_A), signer=signer, confirmations=confirmations)
