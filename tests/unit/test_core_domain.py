@@ -4,6 +4,7 @@ cutting, RPC URL checks, and states that survive the round trip through status."
 from __future__ import annotations
 
 import random
+import statistics
 
 import pytest
 from hypothesis import given
@@ -169,17 +170,95 @@ def test_block_clock_learns_interval_and_lag() -> None:
     assert clock.needs_interval_sample and clock.sample_block() == 2
     clock.learn_from(2, 1000 - 16)
     assert clock.interval == pytest.approx(2.0)
-    # Next block at 1002 + lag 0.4: seen from 1001.0 it is 1.45 s away (0.05 margin).
-    assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.45)
-    # Overdue (expected at 1002.45): as long again as it has been overdue (the policy bounds it).
-    assert clock.seconds_to_next_block(1010.0) == pytest.approx(7.55)
-    assert clock.seconds_to_next_block(1002.5) == pytest.approx(0.05)
+    # Seen 0.4 s after its timestamp, the lag is somewhere in [0, 0.4]: the next look probes the
+    # middle, at 1002 + 0.2 + 0.05 (margin), 1.25 s from 1001.0.
+    assert clock.lag == pytest.approx(0.2)
+    assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.25)
+    # The look at 1002.25 still finds block 10; block 11 is seen at 1002.32: its lag lies in
+    # [0.25, 0.32], close enough: looks aim at the upper bound.
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1002.25)
+    clock.observe(Head(11, "0x", 1002, None), seen_at=1002.32)
+    assert clock.lag == pytest.approx(0.32)
+    assert clock.seconds_to_next_block(1003.0) == pytest.approx(1.37)
+    # Overdue (expected at 1004.37): as long again as it has been overdue (the policy bounds it).
+    assert clock.seconds_to_next_block(1012.0) == pytest.approx(7.63)
+    assert clock.seconds_to_next_block(1004.45) == pytest.approx(0.08)
     policy = RetryPolicy()
-    assert policy.block_wait(clock.seconds_to_next_block(1002.5)) == policy.block_poll_min
+    assert policy.block_wait(clock.seconds_to_next_block(1004.45)) == policy.block_poll_min
     assert policy.block_wait(clock.seconds_to_next_block(1100.0)) == policy.block_poll_max
     # Right after a broadcast (which may make the block on a chain that mines on demand): the next
     # slot of the learned interval, never the backoff.
     assert 0 < clock.seconds_to_next_block(1100.0, just_sent=True) <= 2.0
+
+
+def test_block_clock_drops_an_upper_bound_that_a_later_block_contradicts() -> None:
+    clock = BlockClock()
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1000.1)  # block 10: lag at most 0.1
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1002.6)  # block 11 not visible 0.6 s after 1002
+    clock.observe(Head(11, "0x", 1002, None), seen_at=1003.0)
+    # The lag grew: 0.1 no longer bounds it; it lies in [0.6, 1.0] and the next look probes 0.8.
+    assert list(clock.lag_highs) == pytest.approx([1.0])
+    assert clock.lag == pytest.approx(0.8)
+
+
+def _looks_at_a_chain(
+    visible_after: float, first_sight: float, *, interval: float = 2.0, blocks: int = 20
+) -> tuple[int, list[float]]:
+    """A chain whose blocks become visible ``visible_after`` s (plus up to 30 ms) after their
+    timestamps, looked at as a pending transaction is: a first look after the broadcast at the clock's
+    next expected block, later ones within the policy's floor; the next broadcast comes at a random
+    moment of a block. The clock's first sight of the chain is ``first_sight`` s into a block. Returns
+    the looks that came too early and, per block waited for, how long after it became visible it
+    was seen."""
+    rng = random.Random(7)
+    policy = RetryPolicy()
+    visible: dict[int, float] = {}
+
+    def visible_at(number: int) -> float:
+        return visible.setdefault(number, number * interval + visible_after + rng.uniform(0, 0.03))
+
+    def head_at(now: float) -> Head:
+        number = int((now - visible_after) // interval) + 1
+        while visible_at(number) > now:
+            number -= 1
+        return Head(number, "0x", int(number * interval), None)
+
+    clock = BlockClock()
+    now = 1000 + first_sight + visible_after + 0.03
+    clock.observe(head_at(now), seen_at=now)
+    older = head_at(now).number - 8
+    clock.learn_from(older, int(older * interval))
+    delays: list[float] = []
+    early, first_look = 0, True
+    while len(delays) < blocks:
+        assert clock.head_number is not None
+        waiting_for = clock.head_number + 1
+        now += policy.block_wait(
+            clock.seconds_to_next_block(now, just_sent=first_look), first_look=first_look
+        )
+        head = head_at(now)
+        clock.observe(head, seen_at=now)
+        if head.number >= waiting_for:
+            delays.append(now - visible_at(head.number))
+            first_look = True
+            now += rng.uniform(0, interval)
+        else:
+            early += 1
+            first_look = False
+    return early, delays
+
+
+@pytest.mark.parametrize("visible_after", [0.02, 0.3, 0.7])
+@pytest.mark.parametrize("first_sight", [0.1, 0.5, 1.9])
+def test_block_clock_converges_on_when_blocks_become_visible(
+    visible_after: float, first_sight: float
+) -> None:
+    """Looks at the learned lag alone never teach a smaller one: the clock probes between its bounds
+    until they meet, then looks just after blocks appear, whatever its first sight of the chain."""
+    early, delays = _looks_at_a_chain(visible_after, first_sight)
+    assert early <= 3, delays
+    assert statistics.median(delays[5:]) < 0.1, delays
+    assert max(delays[5:]) < 0.2, delays
 
 
 def test_calldata_round_trip() -> None:

@@ -1,15 +1,21 @@
 """When the next block of a chain is expected, learned from what the operator has seen of it.
 
-The interval comes from block timestamps (the chain's own clock); the lag from how long after its
-timestamp a new block was first seen here (a block's timestamp has one-second resolution and the
-node needs time to propagate it). Both are bounded, so a chain that lies about its timestamps gets
-polled within ``RetryPolicy.block_poll_min`` and ``block_poll_max`` all the same.
+The interval comes from block timestamps (the chain's own clock); the lag from when a new block
+became visible here relative to its timestamp (a block's timestamp has one-second resolution and the
+node needs time to propagate it). Each new block bounds its lag from both sides: from above by the
+time it was first seen, from below by the last look that still found its parent at the head. Looks
+at the upper bound never teach a lower one, so while the bounds of the last few blocks are far apart
+the clock probes their middle: a look that finds the block lowers the upper bound, one that does not
+raises the lower bound, and after a few blocks the looks come just after blocks appear. Everything is
+bounded, so a chain that lies about its timestamps gets polled within ``RetryPolicy.block_poll_min``
+and ``block_poll_max`` all the same.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -20,6 +26,10 @@ _MIN_INTERVAL: Final = 0.1
 _MAX_INTERVAL: Final = 120.0
 _SAMPLE_DEPTH: Final = 8  # blocks back from the head used to learn the interval
 _SAMPLES: Final = 5  # the interval is the median of the last few gaps seen
+_HIGHS: Final = 8  # upper bounds of the lag kept (from the last few new blocks)
+_LOWS: Final = 32  # lower bounds kept (longer: each one was paid for with a look that came too early)
+_PROBE_WIDTH: Final = 0.1  # lag bounds further apart than this (or 5 % of the interval) are probed
+_MARGIN: Final = 0.05  # a look comes this long after the block should be visible
 
 
 @dataclass
@@ -29,8 +39,10 @@ class BlockClock:
     interval: float | None = None
     head_number: int | None = None
     head_timestamp: int | None = None
-    lag: float | None = None
+    head_seen_until: float | None = None  # the last time the head was still the head
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    lag_highs: deque[float] = field(default_factory=lambda: deque(maxlen=_HIGHS))
+    lag_lows: deque[float] = field(default_factory=lambda: deque(maxlen=_LOWS))
 
     @property
     def needs_interval_sample(self) -> bool:
@@ -50,11 +62,33 @@ class BlockClock:
             elapsed = head.timestamp - self.head_timestamp
             if elapsed > 0:
                 self._learn((elapsed) / (head.number - self.head_number))
-        if self.head_number is None or head.number > self.head_number:
-            # First sight of this block: seen_at bounds from above when it was produced.
-            lag = seen_at - head.timestamp
-            self.lag = lag if self.lag is None else min(self.lag, lag)
+        if head.number == self.head_number:
+            self.head_seen_until = max(self.head_seen_until or seen_at, seen_at)
+        elif self.head_number is None or head.number > self.head_number:
+            # First sight of this block: seen_at bounds its lag from above; the last look that still
+            # found its parent, from below. Older bounds that the new ones contradict (the lag grew or
+            # shrank) are dropped, so the bounds kept always leave room for the lag.
+            parent_seen_until = self.head_seen_until if head.number == (self.head_number or 0) + 1 else None
+            if self.head_number is not None and parent_seen_until is not None:
+                low = parent_seen_until - head.timestamp
+                _drop(self.lag_highs, lambda high: high < low)
+                self.lag_lows.append(low)
+            high = seen_at - head.timestamp
+            _drop(self.lag_lows, lambda low: low > high)
+            self.lag_highs.append(high)
             self.head_number, self.head_timestamp = head.number, head.timestamp
+            self.head_seen_until = seen_at
+
+    @property
+    def lag(self) -> float | None:
+        """How long after its timestamp a block becomes visible here, as the next look assumes."""
+        if not self.lag_highs:
+            return None
+        high = min(self.lag_highs)
+        low = max(0.0, max(self.lag_lows, default=0.0))
+        if high - low > max(_PROBE_WIDTH, 0.05 * (self.interval or 0.0)):
+            return (low + high) / 2  # probe: a look that finds the block or not halves what is unknown
+        return high
 
     def learn_from(self, number: int, timestamp: int) -> None:
         """An older block's timestamp, to learn the interval when only one head has been seen."""
@@ -80,7 +114,7 @@ class BlockClock:
             return 1.0
         interval = self.interval if self.interval is not None else 1.0
         lag = min(max(self.lag if self.lag is not None else 0.5, 0.0), interval + 1.0)
-        expected = self.head_timestamp + interval + lag + 0.05
+        expected = self.head_timestamp + interval + lag + _MARGIN
         if expected <= now:
             overdue = now - expected
             if just_sent:
@@ -109,3 +143,10 @@ class BlockClocks:
 
     def __len__(self) -> int:
         return len(self._clocks)
+
+
+def _drop(bounds: deque[float], contradicted: Callable[[float], bool]) -> None:
+    kept = [bound for bound in bounds if not contradicted(bound)]
+    if len(kept) != len(bounds):
+        bounds.clear()
+        bounds.extend(kept)
