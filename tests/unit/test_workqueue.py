@@ -40,6 +40,39 @@ async def test_a_key_is_never_processed_twice_at_once_and_adds_coalesce() -> Non
     assert runs == Counter({"a": 2, "b": 1})
 
 
+async def test_adds_for_a_key_waiting_for_a_worker_join_the_run_it_waits_for() -> None:
+    """A first sync: every key is handed to the workers at once; a watch event for a key still
+    waiting behind them (its ConfigMap listed, say) must not cost a second pass."""
+    runs: Counter[str] = Counter()
+    release = asyncio.Event()
+
+    async def handler(key: str) -> float | None:
+        runs[key] += 1
+        if key == "first":
+            await release.wait()
+        return None
+
+    queue: WorkQueue[str] = WorkQueue(handler, workers=1)
+    queue.start()
+    queue.add("first")
+    queue.add("second")
+    await asyncio.sleep(0.02)  # "first" runs, "second" waits for the only worker
+    queue.add("second")
+    queue.add("first")  # "first" is running: one more run
+    release.set()
+    await asyncio.sleep(0.05)
+    assert runs == Counter({"first": 2, "second": 1})
+    release.clear()
+    queue.add("first")
+    queue.add("second")
+    await asyncio.sleep(0.02)
+    queue.add("second", delay=0.05)  # later than the run it waits for: kept
+    release.set()
+    await asyncio.sleep(0.15)
+    await queue.shutdown(grace=1)
+    assert runs == Counter({"first": 3, "second": 3})
+
+
 async def test_requeue_delay_and_earliest_add_wins() -> None:
     seen: list[tuple[str, float]] = []
     loop = asyncio.get_running_loop()

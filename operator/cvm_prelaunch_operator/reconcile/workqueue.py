@@ -1,5 +1,6 @@
 """A keyed work queue in the manner of controller-runtime's: each key is processed by one worker at
-a time, adds while it is processed are coalesced into one more run, delayed adds keep the earliest.
+a time, adds while it is processed are coalesced into one more run (adds while it waits for a worker,
+into the run it waits for), delayed adds keep the earliest.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ class WorkQueue(Generic[K]):
         self._clock = clock
         self._heap: list[tuple[float, int, K]] = []
         self._due: dict[K, float] = {}  # key -> earliest due time while scheduled
-        self._processing: set[K] = set()
+        self._processing: set[K] = set()  # handed to the workers: waiting for one, or running
+        # Handed over but not started: a run that has not read anything yet, so an add due now is
+        # already served by it (a burst of events for keys waiting behind the workers costs no pass).
+        self._waiting: set[K] = set()
         self._again: dict[K, float] = {}  # added while processing: run again at this time
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
@@ -49,6 +53,8 @@ class WorkQueue(Generic[K]):
 
     def add(self, key: K, delay: float = 0.0) -> None:
         due = self._clock() + max(0.0, delay)
+        if key in self._waiting and due <= self._clock():
+            return
         if key in self._processing:
             self._again[key] = min(due, self._again.get(key, due))
             return
@@ -109,6 +115,7 @@ class WorkQueue(Generic[K]):
                     continue  # superseded by an earlier add, or forgotten
                 del self._due[key]
                 self._processing.add(key)
+                self._waiting.add(key)
                 self._ready.put_nowait(key)
             timeout = self._heap[0][0] - now if self._heap else None
             self._wakeup.clear()
@@ -118,6 +125,7 @@ class WorkQueue(Generic[K]):
     async def _worker(self) -> None:
         while True:
             key = await self._ready.get()
+            self._waiting.discard(key)
             requeue: float | None = None
             try:
                 requeue = await self._handler(key)
