@@ -170,15 +170,19 @@ def test_block_clock_learns_interval_and_lag() -> None:
     assert clock.needs_interval_sample and clock.sample_block() == 2
     clock.learn_from(2, 1000 - 16)
     assert clock.interval == pytest.approx(2.0)
-    # Seen 0.4 s after its timestamp, the lag is somewhere in [0, 0.4]: the next look probes the
-    # middle, at 1002 + 0.2 + 0.05 (margin), 1.25 s from 1001.0.
-    assert clock.lag == pytest.approx(0.2)
+    # Seen 0.4 s after its timestamp, the lag is somewhere in [0, 0.4]: one look at the next block
+    # probes the middle, at 1002 + 0.2 + 0.05 (margin), 1.25 s from 1001.0; any other look for the
+    # same block comes at the upper bound.
+    assert clock.lag == pytest.approx(0.4)
+    assert clock.probe_lag == pytest.approx(0.2)
     assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.25)
+    assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.45)
     # The look at 1002.25 still finds block 10; block 11 is seen at 1002.32: its lag lies in
     # [0.25, 0.32], close enough: looks aim at the upper bound.
     clock.observe(Head(10, "0x", 1000, None), seen_at=1002.25)
     clock.observe(Head(11, "0x", 1002, None), seen_at=1002.32)
     assert clock.lag == pytest.approx(0.32)
+    assert clock.probe_lag is None
     assert clock.seconds_to_next_block(1003.0) == pytest.approx(1.37)
     # Overdue (expected at 1004.37): as long again as it has been overdue (the policy bounds it).
     assert clock.seconds_to_next_block(1012.0) == pytest.approx(7.63)
@@ -198,7 +202,8 @@ def test_block_clock_drops_an_upper_bound_that_a_later_block_contradicts() -> No
     clock.observe(Head(11, "0x", 1002, None), seen_at=1003.0)
     # The lag grew: 0.1 no longer bounds it; it lies in [0.6, 1.0] and the next look probes 0.8.
     assert list(clock.lag_highs) == pytest.approx([1.0])
-    assert clock.lag == pytest.approx(0.8)
+    assert clock.lag == pytest.approx(1.0)
+    assert clock.probe_lag == pytest.approx(0.8)
 
 
 def _looks_at_a_chain(

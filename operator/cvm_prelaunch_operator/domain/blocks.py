@@ -5,8 +5,10 @@ became visible here relative to its timestamp (a block's timestamp has one-secon
 node needs time to propagate it). Each new block bounds its lag from both sides: from above by the
 time it was first seen, from below by the last look that still found its parent at the head. Looks
 at the upper bound never teach a lower one, so while the bounds of the last few blocks are far apart
-the clock probes their middle: a look that finds the block lowers the upper bound, one that does not
-raises the lower bound, and after a few blocks the looks come just after blocks appear. Everything is
+the clock probes their middle, with one look per block (the first asked for; the others wait at the
+upper bound, so a probe that comes too early delays one resource, not all that wait for the block):
+a look that finds the block lowers the upper bound, one that does not raises the lower bound, and
+after a few blocks the looks come just after blocks appear. Everything is
 bounded, so a chain that lies about its timestamps gets polled within ``RetryPolicy.block_poll_min``
 and ``block_poll_max`` all the same.
 """
@@ -40,6 +42,7 @@ class BlockClock:
     head_number: int | None = None
     head_timestamp: int | None = None
     head_seen_until: float | None = None  # the last time the head was still the head
+    probed_block: int | None = None  # the block whose early look was handed out
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     lag_highs: deque[float] = field(default_factory=lambda: deque(maxlen=_HIGHS))
     lag_lows: deque[float] = field(default_factory=lambda: deque(maxlen=_LOWS))
@@ -81,14 +84,19 @@ class BlockClock:
 
     @property
     def lag(self) -> float | None:
-        """How long after its timestamp a block becomes visible here, as the next look assumes."""
+        """How long after its timestamp a block becomes visible here: the smallest upper bound kept."""
+        return min(self.lag_highs) if self.lag_highs else None
+
+    @property
+    def probe_lag(self) -> float | None:
+        """The middle of the lag bounds while they are too far apart (None: they are close enough)."""
         if not self.lag_highs:
             return None
         high = min(self.lag_highs)
         low = max(0.0, max(self.lag_lows, default=0.0))
         if high - low > max(_PROBE_WIDTH, 0.05 * (self.interval or 0.0)):
-            return (low + high) / 2  # probe: a look that finds the block or not halves what is unknown
-        return high
+            return (low + high) / 2
+        return None
 
     def learn_from(self, number: int, timestamp: int) -> None:
         """An older block's timestamp, to learn the interval when only one head has been seen."""
@@ -105,7 +113,8 @@ class BlockClock:
         self.interval = statistics.median(self.samples)
 
     def seconds_to_next_block(self, now: float, *, just_sent: bool = False) -> float:
-        """Seconds from ``now`` until the block after the last seen head should be visible here.
+        """Seconds from ``now`` until the block after the last seen head should be visible here (for
+        the first caller per block while the lag bounds are wide: until it might be, a probe).
 
         ``just_sent``: a transaction went out a moment ago, which may itself make the next block (a
         chain that mines on demand), so an overdue block is looked for at the next slot of the learned
@@ -113,7 +122,15 @@ class BlockClock:
         if self.head_timestamp is None:
             return 1.0
         interval = self.interval if self.interval is not None else 1.0
-        lag = min(max(self.lag if self.lag is not None else 0.5, 0.0), interval + 1.0)
+        lag = self.lag if self.lag is not None else 0.5
+        probe = self.probe_lag
+        if probe is not None and self.head_number is not None and self.probed_block != self.head_number + 1:
+            # One look per block probes the middle of the bounds: a look that finds the block or not
+            # halves what is unknown. Only one: when it comes too early it costs its resource a second
+            # (the policy's floor), and everyone else waiting for the same block looks at the bound.
+            self.probed_block = self.head_number + 1
+            lag = probe
+        lag = min(max(lag, 0.0), interval + 1.0)
         expected = self.head_timestamp + interval + lag + _MARGIN
         if expected <= now:
             overdue = now - expected
