@@ -206,6 +206,19 @@ def test_block_clock_drops_an_upper_bound_that_a_later_block_contradicts() -> No
     assert clock.probe_lag == pytest.approx(0.8)
 
 
+def test_block_clock_bounds_the_lag_from_below_by_when_a_look_was_asked_not_answered() -> None:
+    clock = BlockClock()
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1000.08)
+    clock.observe(Head(11, "0x", 1002, None), seen_at=1002.15)  # lags at most 0.08 and 0.15
+    # An answer still naming block 11 arrives at 1004.9 but was asked for at 1003.9 (a slow node): block
+    # 12 was not there at 1003.9 (lag > -0.1), which says nothing against the 0.08 already learned. Taken
+    # as of 1004.9 it would have claimed a lag above 0.9 and dropped both.
+    clock.observe(Head(11, "0x", 1002, None), seen_at=1004.9, asked_at=1003.9)
+    clock.observe(Head(12, "0x", 1004, None), seen_at=1005.0)
+    assert clock.lag == pytest.approx(0.08)
+    assert clock.probe_lag is None
+
+
 def _looks_at_a_chain(
     visible_after: float, first_sight: float, *, interval: float = 2.0, blocks: int = 20
 ) -> tuple[int, list[float]]:

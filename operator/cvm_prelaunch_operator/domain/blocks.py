@@ -56,7 +56,11 @@ class BlockClock:
         assert self.head_number is not None
         return max(0, self.head_number - _SAMPLE_DEPTH)
 
-    def observe(self, head: Head, seen_at: float) -> None:
+    def observe(self, head: Head, seen_at: float, *, asked_at: float | None = None) -> None:
+        """``head`` was the chain's head when it was asked for (``asked_at``) and is known here since
+        ``seen_at``: the answer bounds a new block's lag from above, the question its child's from
+        below (an answer that took long to come must not make the lag look longer than it is)."""
+        asked = seen_at if asked_at is None else min(asked_at, seen_at)
         if (
             self.head_number is not None
             and head.number > self.head_number
@@ -66,7 +70,7 @@ class BlockClock:
             if elapsed > 0:
                 self._learn((elapsed) / (head.number - self.head_number))
         if head.number == self.head_number:
-            self.head_seen_until = max(self.head_seen_until or seen_at, seen_at)
+            self.head_seen_until = max(self.head_seen_until or asked, asked)
         elif self.head_number is None or head.number > self.head_number:
             # First sight of this block: seen_at bounds its lag from above; the last look that still
             # found its parent, from below. Older bounds that the new ones contradict (the lag grew or
@@ -80,7 +84,7 @@ class BlockClock:
             _drop(self.lag_lows, lambda low: low > high)
             self.lag_highs.append(high)
             self.head_number, self.head_timestamp = head.number, head.timestamp
-            self.head_seen_until = seen_at
+            self.head_seen_until = asked
 
     @property
     def lag(self) -> float | None:

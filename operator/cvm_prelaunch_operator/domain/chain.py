@@ -151,6 +151,7 @@ class Tracking:
     receipts: Mapping[str, Receipt | None]
     transactions: Mapping[str, TxView | None]
     pending_nonce: int | None = None  # the sender's nonce at 'pending': past its contiguous pending ones
+    asked_at: float | None = None  # when the round was asked for (the head was current then at least)
 
 
 @dataclass(frozen=True)

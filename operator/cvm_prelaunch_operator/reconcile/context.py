@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from cvm_prelaunch_operator.domain.blocks import BlockClock, BlockClocks
@@ -200,7 +200,9 @@ class StepContext:
         key = (frozenset(tx_hashes), sender)
         cached = self._tracked.get(key)
         if cached is None:
-            cached = self._tracked[key] = await client.track(tx_hashes, sender=sender)
+            asked_at = self.now
+            tracked = await client.track(tx_hashes, sender=sender)
+            cached = self._tracked[key] = replace(tracked, asked_at=asked_at)
         return cached
 
     def block_clock(self, chain_id: int) -> BlockClock:

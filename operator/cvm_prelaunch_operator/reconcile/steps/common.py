@@ -149,7 +149,7 @@ def seconds_to_next_block(ctx: StepContext, chain_id: int, *, first_look: bool =
 
 
 def observe_head(ctx: StepContext, chain_id: int, tracking_or_head: Tracking) -> None:
-    ctx.block_clock(chain_id).observe(tracking_or_head.head, ctx.now)
+    ctx.block_clock(chain_id).observe(tracking_or_head.head, ctx.now, asked_at=tracking_or_head.asked_at)
 
 
 def check_chain(observed: int, chain: ChainTarget, endpoint_note: str = "") -> None:

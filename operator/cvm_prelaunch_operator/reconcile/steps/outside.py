@@ -53,7 +53,7 @@ async def outside_registration(
     if ctx.status.ignored_transaction_hash == tx_hash:
         return None  # said once already
     client = await ctx.chain()
-    tracking = await client.track([tx_hash], sender=None)
+    tracking = await ctx.track(client, [tx_hash], sender=None)
     check_chain(tracking.chain_id, chain)
     observe_head(ctx, chain.chain_id, tracking)
     view = tracking.transactions.get(tx_hash)

@@ -436,6 +436,7 @@ async def _begin(ctx: StepContext, state: Registering) -> Transition:
     if adopted is not None:
         return adopted
     calldata = add_compose_hash_calldata(chain.compose_hash_hex)
+    asked_at = ctx.now
     survey = await client.survey(
         contract=chain.app_contract,
         compose_hash=chain.compose_hash_hex,
@@ -445,7 +446,7 @@ async def _begin(ctx: StepContext, state: Registering) -> Transition:
     )
     check_chain(survey.chain_id, chain)
     clock = ctx.block_clock(chain.chain_id)
-    clock.observe(survey.head, ctx.now)
+    clock.observe(survey.head, ctx.now, asked_at=asked_at)
     if clock.needs_interval_sample:
         # Once per chain and process: an older block's timestamp teaches the block interval.
         older = clock.sample_block()
