@@ -171,22 +171,22 @@ def test_block_clock_learns_interval_and_lag() -> None:
     clock.learn_from(2, 1000 - 16)
     assert clock.interval == pytest.approx(2.0)
     # Seen 0.4 s after its timestamp, the lag is somewhere in [0, 0.4]: one look at the next block
-    # probes the middle, at 1002 + 0.2 + 0.05 (margin), 1.25 s from 1001.0; any other look for the
+    # probes the middle, at 1002 + 0.2 + 0.1 (margin), 1.3 s from 1001.0; any other look for the
     # same block comes at the upper bound.
     assert clock.lag == pytest.approx(0.4)
     assert clock.probe_lag == pytest.approx(0.2)
-    assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.25)
-    assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.45)
-    # The look at 1002.25 still finds block 10; block 11 is seen at 1002.32: its lag lies in
-    # [0.25, 0.32], close enough: looks aim at the upper bound.
-    clock.observe(Head(10, "0x", 1000, None), seen_at=1002.25)
+    assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.3)
+    assert clock.seconds_to_next_block(1001.0) == pytest.approx(1.5)
+    # The look at 1002.3 still finds block 10; block 11 is seen at 1002.32: its lag lies in
+    # [0.3, 0.32], close enough: looks aim at the upper bound.
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1002.3)
     clock.observe(Head(11, "0x", 1002, None), seen_at=1002.32)
     assert clock.lag == pytest.approx(0.32)
     assert clock.probe_lag is None
-    assert clock.seconds_to_next_block(1003.0) == pytest.approx(1.37)
-    # Overdue (expected at 1004.37): as long again as it has been overdue (the policy bounds it).
-    assert clock.seconds_to_next_block(1012.0) == pytest.approx(7.63)
-    assert clock.seconds_to_next_block(1004.45) == pytest.approx(0.08)
+    assert clock.seconds_to_next_block(1003.0) == pytest.approx(1.42)
+    # Overdue (expected at 1004.42): as long again as it has been overdue (the policy bounds it).
+    assert clock.seconds_to_next_block(1012.0) == pytest.approx(7.58)
+    assert clock.seconds_to_next_block(1004.45) == pytest.approx(0.03)
     policy = RetryPolicy()
     assert policy.block_wait(clock.seconds_to_next_block(1004.45)) == policy.block_poll_min
     assert policy.block_wait(clock.seconds_to_next_block(1100.0)) == policy.block_poll_max
@@ -275,8 +275,9 @@ def test_block_clock_converges_on_when_blocks_become_visible(
     until they meet, then looks just after blocks appear, whatever its first sight of the chain."""
     early, delays = _looks_at_a_chain(visible_after, first_sight)
     assert early <= 3, delays
-    assert statistics.median(delays[5:]) < 0.1, delays
-    assert max(delays[5:]) < 0.2, delays
+    # The looks aim 0.1 s (the margin) after the upper bound, which sits within 0.1 s of the lag.
+    assert statistics.median(delays[5:]) < 0.2, delays
+    assert sum(delay > 0.3 for delay in delays[5:]) <= 1, delays
 
 
 def test_calldata_round_trip() -> None:

@@ -31,7 +31,7 @@ _SAMPLES: Final = 5  # the interval is the median of the last few gaps seen
 _HIGHS: Final = 8  # upper bounds of the lag kept (from the last few new blocks)
 _LOWS: Final = 32  # lower bounds kept (longer: each one was paid for with a look that came too early)
 _PROBE_WIDTH: Final = 0.1  # lag bounds further apart than this (or 5 % of the interval) are probed
-_MARGIN: Final = 0.05  # a look comes this long after the block should be visible
+_MARGIN: Final = 0.1  # a look comes this long after the block should be visible (a miss costs a second)
 
 
 @dataclass
