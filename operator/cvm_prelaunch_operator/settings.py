@@ -40,7 +40,12 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = setting(
         "WATCH_NAMESPACES", (), "comma-separated namespaces to watch (empty: cluster-wide)", parse=parse_list
     )
-    workers: int = setting("MAX_CONCURRENT_RECONCILES", 32, "resources reconciled at once", minimum=1)
+    workers: int = setting(
+        "MAX_CONCURRENT_RECONCILES",
+        32,
+        "resources reconciled at once; requeued looks (a pending transaction's next block) take at most three quarters, the rest stay free for changes",
+        minimum=1,
+    )
     health_port: int = setting("HEALTH_PORT", 8081, "liveness and readiness endpoint `/healthz`", minimum=0)
     metrics_port: int = setting("METRICS_PORT", 8080, "Prometheus `/metrics` (`0` disables it)", minimum=0)
     log_level: str = setting("LOG_LEVEL", "INFO", "Python log level", parse=_log_level)

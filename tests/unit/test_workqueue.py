@@ -73,6 +73,39 @@ async def test_adds_for_a_key_waiting_for_a_worker_join_the_run_it_waits_for() -
     assert runs == Counter({"first": 3, "second": 3})
 
 
+async def test_timed_runs_leave_a_quarter_of_the_workers_to_changes() -> None:
+    """Looks a handler asked for (requeues) never take the last quarter of the workers: an edit that
+    arrives while many registrations look at their block at once starts without waiting for them."""
+    running: set[str] = set()
+    runs: Counter[str] = Counter()
+    release = asyncio.Event()
+
+    async def handler(key: str) -> float | None:
+        running.add(key)
+        runs[key] += 1
+        if key.startswith("look"):
+            await release.wait()
+        running.discard(key)
+        return None
+
+    queue: WorkQueue[str] = WorkQueue(handler, workers=4)
+    queue.start()
+    for key in ("look-1", "look-2", "look-3", "look-4", "look-5"):
+        queue.add(key, timed=True)
+    await asyncio.sleep(0.02)
+    assert running == {"look-1", "look-2", "look-3"}  # 3 of 4 workers; looks 4 and 5 wait in order
+    queue.add("edit")
+    await asyncio.sleep(0.02)
+    assert runs["edit"] == 1
+    queue.add("look-5")  # a change of a waiting look: it goes now
+    await asyncio.sleep(0.02)
+    assert running == {"look-1", "look-2", "look-3", "look-5"}
+    release.set()
+    await asyncio.sleep(0.05)
+    await queue.shutdown(grace=1)
+    assert runs == Counter({"look-1": 1, "look-2": 1, "look-3": 1, "look-4": 1, "look-5": 1, "edit": 1})
+
+
 async def test_requeue_delay_and_earliest_add_wins() -> None:
     seen: list[tuple[str, float]] = []
     loop = asyncio.get_running_loop()

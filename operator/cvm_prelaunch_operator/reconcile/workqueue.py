@@ -1,6 +1,12 @@
 """A keyed work queue in the manner of controller-runtime's: each key is processed by one worker at
 a time, adds while it is processed are coalesced into one more run (adds while it waits for a worker,
 into the run it waits for), delayed adds keep the earliest.
+
+Runs a handler asked for itself (``timed``: a requeue, such as the next look at a pending transaction)
+never take the last quarter of the workers: those stay free for runs that a change asked for (a
+ConfigMap edit), so that fifty registrations looking at the same block at once do not make an
+unrelated edit wait behind them. A timed run over that share waits, in order, for one to end; a
+change of its key hands it over at once.
 """
 
 from __future__ import annotations
@@ -43,32 +49,57 @@ class WorkQueue(Generic[K]):
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()  # set whenever no key is being processed
+        self._timed_limit = workers - workers // 4  # timed runs handed over at once, at most
+        self._timed: set[K] = set()  # scheduled by a requeue only (no change asked for it since)
+        self._timed_runs: set[K] = set()  # handed over as timed runs
+        self._held: dict[K, None] = {}  # timed runs due but over the limit, oldest first
 
     def __len__(self) -> int:
-        return len(self._due) + len(self._processing)
+        return len(self._due) + len(self._processing) + len(self._held)
 
     @property
     def processing(self) -> int:
         return len(self._processing)
 
-    def add(self, key: K, delay: float = 0.0) -> None:
-        due = self._clock() + max(0.0, delay)
-        if key in self._waiting and due <= self._clock():
+    def add(self, key: K, delay: float = 0.0, *, timed: bool = False) -> None:
+        """Run ``key`` after ``delay`` seconds; ``timed``: the handler asked for it (see the module)."""
+        now = self._clock()
+        due = now + max(0.0, delay)
+        if key in self._held:
+            if not timed:
+                del self._held[key]  # a change: it goes now, like any run a change asks for
+                self._hand_over(key, timed=False)
+            return
+        if key in self._waiting and due <= now:
             return
         if key in self._processing:
             self._again[key] = min(due, self._again.get(key, due))
             return
         current = self._due.get(key)
         if current is not None and current <= due:
+            if not timed:
+                self._timed.discard(key)  # the earlier run serves the change as well
             return
         self._due[key] = due
+        if timed:
+            self._timed.add(key)
+        else:
+            self._timed.discard(key)
         heapq.heappush(self._heap, (due, next(self._seq), key))
         self._wakeup.set()
+
+    def _hand_over(self, key: K, *, timed: bool) -> None:
+        self._processing.add(key)
+        self._waiting.add(key)
+        if timed:
+            self._timed_runs.add(key)
+        self._ready.put_nowait(key)
 
     def forget(self, key: K) -> None:
         """Drop a scheduled run (the object is gone); a run in progress finishes."""
         self._due.pop(key, None)
         self._again.pop(key, None)
+        self._held.pop(key, None)
 
     def start(self) -> None:
         """Start the dispatcher and the workers as tasks of the running loop."""
@@ -114,9 +145,12 @@ class WorkQueue(Generic[K]):
                 if self._due.get(key) != due:
                     continue  # superseded by an earlier add, or forgotten
                 del self._due[key]
-                self._processing.add(key)
-                self._waiting.add(key)
-                self._ready.put_nowait(key)
+                timed = key in self._timed
+                self._timed.discard(key)
+                if timed and len(self._timed_runs) >= self._timed_limit:
+                    self._held[key] = None
+                else:
+                    self._hand_over(key, timed=timed)
             timeout = self._heap[0][0] - now if self._heap else None
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
@@ -139,8 +173,13 @@ class WorkQueue(Generic[K]):
                 self._processing.discard(key)
                 if not self._processing:
                     self._idle.set()
+                self._timed_runs.discard(key)
+                while self._held and len(self._timed_runs) < self._timed_limit:
+                    held = next(iter(self._held))
+                    del self._held[held]
+                    self._hand_over(held, timed=True)
             again = self._again.pop(key, None)
             if again is not None:
                 self.add(key, max(0.0, again - self._clock()))
             if requeue is not None:
-                self.add(key, requeue)
+                self.add(key, requeue, timed=True)
