@@ -89,7 +89,14 @@ def run_model(env: dict[str, str], timeout: float) -> tuple[int, str, float]:
 
 def long_mode(examples: int, steps: int, timeout: float) -> dict[str, object]:
     code, output, seconds = run_model(
-        {"MODEL_EXAMPLES": str(examples), "MODEL_STEPS": str(steps), "MODEL_RANDOM": "1", "MODEL_STATS": "1"},
+        {
+            "MODEL_EXAMPLES": str(examples),
+            "MODEL_STEPS": str(steps),
+            "MODEL_RANDOM": "1",
+            "MODEL_STATS": "1",
+            # pytest's bound on the test is the run's (a 20,000-example run outlasts CI's 30 minutes).
+            "MODEL_TIMEOUT": str(timeout),
+        },
         timeout,
     )
     stats = [line.removeprefix("model: ") for line in output.splitlines() if line.startswith("model: ")]
@@ -103,6 +110,8 @@ def long_mode(examples: int, steps: int, timeout: float) -> dict[str, object]:
     if code != 0:
         # What failed and hypothesis' shortest example, so that a failure of the long run can be replayed.
         report["failure"], report["example"] = falsifying_example(output)
+        if "Timeout >" in output:
+            report["failure"] = f"the run's time bound ({timeout:.0f} s) was reached, not an invariant"
         report["output_tail"] = output.splitlines()[-60:]
     return report
 

@@ -42,6 +42,8 @@ from cvm_prelaunch_operator.domain.states import from_status
 from cvm_prelaunch_operator.domain.text import MESSAGE_LIMIT, parse_time
 
 EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "500"))
+# The whole run's bound: 30 minutes for CI's examples; the long mode passes its own.
+TIMEOUT = float(os.environ.get("MODEL_TIMEOUT", "1800"))
 STEPS = int(os.environ.get("MODEL_STEPS", "40"))
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -536,7 +538,7 @@ OperatorModel.TestCase.settings = settings(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(TIMEOUT)
 class TestOperatorModel(OperatorModel.TestCase):  # type: ignore[name-defined, misc]
     pass
 
