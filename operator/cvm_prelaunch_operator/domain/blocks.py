@@ -8,9 +8,9 @@ at the upper bound never teach a lower one, so while the bounds of the last few 
 the clock probes their middle, with one look per block (the first asked for; the others wait at the
 upper bound, so a probe that comes too early delays one resource, not all that wait for the block):
 a look that finds the block lowers the upper bound, one that does not raises the lower bound, and
-after a few blocks the looks come just after blocks appear. Everything is
-bounded, so a chain that lies about its timestamps gets polled within ``RetryPolicy.block_poll_min``
-and ``block_poll_max`` all the same.
+after a few blocks the looks come just after blocks appear. Everything is bounded, so a chain that
+lies about its timestamps gets polled within ``RetryPolicy.block_poll_min`` and ``block_poll_max``
+all the same.
 """
 
 from __future__ import annotations
@@ -75,9 +75,12 @@ class BlockClock:
             # First sight of this block: seen_at bounds its lag from above; the last look that still
             # found its parent, from below. Older bounds that the new ones contradict (the lag grew or
             # shrank) are dropped, so the bounds kept always leave room for the lag.
-            parent_seen_until = self.head_seen_until if head.number == (self.head_number or 0) + 1 else None
-            if self.head_number is not None and parent_seen_until is not None:
-                low = parent_seen_until - head.timestamp
+            if (
+                self.head_number is not None
+                and head.number == self.head_number + 1
+                and self.head_seen_until is not None
+            ):
+                low = self.head_seen_until - head.timestamp
                 _drop(self.lag_highs, lambda high: high < low)
                 self.lag_lows.append(low)
             high = seen_at - head.timestamp
@@ -94,9 +97,9 @@ class BlockClock:
     @property
     def probe_lag(self) -> float | None:
         """The middle of the lag bounds while they are too far apart (None: they are close enough)."""
-        if not self.lag_highs:
+        high = self.lag
+        if high is None:
             return None
-        high = min(self.lag_highs)
         low = max(0.0, max(self.lag_lows, default=0.0))
         if high - low > max(_PROBE_WIDTH, 0.05 * (self.interval or 0.0)):
             return (low + high) / 2
