@@ -30,6 +30,7 @@ from kubernetes import client as k8s_client
 from cvm_prelaunch_localenv import scenario
 from cvm_prelaunch_localenv.kube import ControlPlane
 from cvm_prelaunch_operator.kube.client import Credentials, KubeApiError, KubeClient, load_credentials
+from cvm_prelaunch_operator.kube.cluster import SECRET_VALUES_MAX_AGE, Cluster
 from cvm_prelaunch_operator.kube.watch import Backoff, Watcher
 
 
@@ -206,5 +207,75 @@ async def test_a_401_reloads_the_credentials_and_repeats_the_request(
         kubeconfig.write_text(yaml.safe_dump(config))
         found = await client.get(f"/api/v1/namespaces/{namespace}", resource="namespaces")
         assert found is not None and found["metadata"]["name"] == namespace
+    finally:
+        await client.aclose()
+
+
+async def test_a_referenced_secret_is_read_once_until_the_watch_reports_a_change(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    """Each pass asks for the API key; the value is read with a GET once, kept while the watch
+    reports the same resourceVersion, and read again at once when the watch reports a new one."""
+    gets: list[str] = []
+
+    def observe(method: str, resource: str, status: int | None, seconds: float) -> None:
+        if method == "GET" and resource == "secrets":
+            gets.append(resource)
+
+    now = [0.0]
+    client = KubeClient(functools.partial(load_credentials, str(control_plane.kubeconfig)), observer=observe)
+    cluster = Cluster(client, clock=lambda: now[0])
+    key = (namespace, "api")
+    scenario.apply(control_plane, scenario.secret("api", namespace, {"k": "one"}))
+    try:
+        first = await cluster.secret(*key)
+        again = await cluster.secret(*key)
+        assert first is not None and again == first and len(gets) == 1
+        cluster.observe_secret(key, first[0])  # the watch's event for the same version: still kept
+        assert await cluster.secret(*key) == first and len(gets) == 1
+
+        scenario.apply(control_plane, scenario.secret("api", namespace, {"k": "two"}))
+        got = control_plane.kubectl("get", "secret", "api", "-n", namespace, "-o", "json")
+        rotated = json.loads(got.stdout)
+        cluster.observe_secret(key, rotated["metadata"]["resourceVersion"])  # the watch tells
+        second = await cluster.secret(*key)
+        assert second is not None and base64.b64decode(second[1]["k"]) == b"two" and len(gets) == 2
+
+        now[0] += SECRET_VALUES_MAX_AGE  # a watch that stays silent does not keep a value forever
+        assert await cluster.secret(*key) == second and len(gets) == 3
+
+        cluster.forget_secret(key)  # no resource references it any more
+        assert await cluster.secret(*key) == second and len(gets) == 4
+
+        control_plane.kubectl("delete", "secret", "api", "-n", namespace)
+        cluster.observe_secret(key, None)
+        assert await cluster.secret(*key) is None and len(gets) == 5
+        assert "two" not in repr(cluster._secret_values) and "dHdv" not in repr(cluster._secret_values)
+    finally:
+        await client.aclose()
+
+
+async def test_a_watch_event_during_the_read_wins_over_the_value_read(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    """The GET's answer may be older than a watch event that arrived while it was under way
+    (resourceVersions are opaque): then nothing is kept and the next pass reads again."""
+    gets: list[str] = []
+    cluster: Cluster
+
+    def observe(method: str, resource: str, status: int | None, seconds: float) -> None:
+        if method == "GET" and resource == "secrets":
+            gets.append(resource)
+            if len(gets) == 1:  # the watch reports a newer version before the first answer is used
+                cluster.observe_secret((namespace, "api"), "newer-than-the-read")
+
+    client = KubeClient(functools.partial(load_credentials, str(control_plane.kubeconfig)), observer=observe)
+    cluster = Cluster(client)
+    scenario.apply(control_plane, scenario.secret("api", namespace, {"k": "one"}))
+    try:
+        assert await cluster.secret(namespace, "api") is not None
+        assert cluster.known_secret_version((namespace, "api")) == "newer-than-the-read"
+        assert await cluster.secret(namespace, "api") is not None
+        assert len(gets) == 2
     finally:
         await client.aclose()

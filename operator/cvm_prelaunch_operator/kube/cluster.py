@@ -1,6 +1,11 @@
 """Kubernetes access for the reconciler: fresh reads, guarded status writes, events, and caches of
 the ConfigMaps and Secrets that resources reference (fed by the watches, never of unreferenced ones).
 
+A referenced Secret's values are read with a GET the first time a pass needs them and kept while the
+metadata-only Secret watch reports the same resourceVersion (a change, or a deletion, drops them at
+once) and for at most ``SECRET_VALUES_MAX_AGE`` seconds, in case a watch stays open without telling.
+A Secret no resource references any more is dropped with its version.
+
 Every call goes through the asyncio client of ``kube.client`` (raw JSON, one connection pool). Writes
 (status patches, Events) pass the leadership ``Fence`` first: a process that is not the leader, or
 no longer sure it is, writes nothing.
@@ -12,10 +17,11 @@ import asyncio
 import base64
 import binascii
 import logging
+import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -41,6 +47,11 @@ EVENT_FLUSH_SECONDS = 1.0
 # (one ConfigMap edit fanning out to hundreds of resources) posts three Events each, and letting them
 # all compete with the passes' own requests slowed every pass down.
 EVENT_CONCURRENCY = 4
+# Values of referenced Secrets kept between passes (see the module); more distinct Secrets than this
+# are read again as passes need them, the least recently used first.
+SECRET_VALUES_KEPT = 1024
+SECRET_VALUES_MAX_AGE = 300.0
+_UNSEEN = object()
 
 
 def resource_path(namespace: str, name: str) -> str:
@@ -50,6 +61,13 @@ def resource_path(namespace: str, name: str) -> str:
 def core_path(namespace: str, plural: str, name: str | None = None) -> str:
     base = f"/api/v1/namespaces/{namespace}/{plural}"
     return f"{base}/{name}" if name else base
+
+
+@dataclass(frozen=True)
+class CachedSecret:
+    resource_version: str
+    data: Mapping[str, str] = field(repr=False)  # base64, as the API server sends it
+    read_at: float
 
 
 @dataclass(frozen=True)
@@ -68,8 +86,15 @@ def _transient(what: str, exc: KubeApiError) -> RetryLater:
 class Cluster:
     """One per operator process."""
 
-    def __init__(self, client: KubeClient, *, fence: Fence | None = None) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        fence: Fence | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
+        self._clock = clock
         self._fence: Fence = fence or AlwaysLeader()
         self.events_dropped = 0
         self._configmaps: dict[ObjectKey, CachedConfigMap | None] = {}
@@ -82,6 +107,7 @@ class Cluster:
         self._event_posts: set[asyncio.Task[None]] = set()
         self._event_lane: asyncio.Semaphore | None = None  # made in the loop, on first use
         self._secret_versions: dict[ObjectKey, str | None] = {}
+        self._secret_values: OrderedDict[ObjectKey, CachedSecret] = OrderedDict()
 
     # -- caches fed by the watches ---------------------------------------------------------------
 
@@ -104,6 +130,9 @@ class Cluster:
 
     def observe_secret(self, key: ObjectKey, resource_version: str | None) -> None:
         self._secret_versions[key] = resource_version
+        cached = self._secret_values.get(key)
+        if cached is not None and cached.resource_version != resource_version:
+            del self._secret_values[key]
 
     def known_secret_version(self, key: ObjectKey) -> str | None:
         """The Secret's resourceVersion as last seen (None: absent, or not known)."""
@@ -114,6 +143,7 @@ class Cluster:
 
     def forget_secret(self, key: ObjectKey) -> None:
         self._secret_versions.pop(key, None)
+        self._secret_values.pop(key, None)
 
     def wrote(self, key: ObjectKey, resource_version: str) -> bool:
         """True when ``resource_version`` is the result of one of our recent status writes."""
@@ -159,7 +189,20 @@ class Cluster:
         return self._configmaps[key]
 
     async def secret(self, namespace: str, name: str) -> tuple[str, Mapping[str, str]] | None:
-        """(resourceVersion, base64 data) of a Secret, read fresh; values are not cached."""
+        """(resourceVersion, base64 data) of a Secret: kept from an earlier read while the watch
+        reports no change (see the module), else read with a GET."""
+        key = (namespace, name)
+        cached = self._secret_values.get(key)
+        if cached is not None:
+            if (
+                cached.resource_version == self._secret_versions.get(key)
+                and self._clock() - cached.read_at < SECRET_VALUES_MAX_AGE
+            ):
+                self._secret_values.move_to_end(key)
+                return cached.resource_version, cached.data
+            del self._secret_values[key]
+        read_at = self._clock()
+        known = self._secret_versions.get(key, _UNSEEN)
         try:
             body = await self._client.get(core_path(namespace, "secrets", name), resource="secrets")
         except KubeApiError as exc:
@@ -167,8 +210,16 @@ class Cluster:
         if body is None:
             return None
         rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
-        self._secret_versions[(namespace, name)] = rv
-        return rv, {str(k): str(v) for k, v in (body.get("data") or {}).items()}
+        data = {str(k): str(v) for k, v in (body.get("data") or {}).items()}
+        if self._secret_versions.get(key, _UNSEEN) != known:
+            # The watch reported a version while the GET was under way: which of the two is newer is
+            # not knowable (resourceVersions are opaque), so the watch's stays and nothing is kept.
+            return rv, data
+        self._secret_versions[key] = rv
+        self._secret_values[key] = CachedSecret(resource_version=rv, data=data, read_at=read_at)
+        while len(self._secret_values) > SECRET_VALUES_KEPT:
+            self._secret_values.popitem(last=False)
+        return rv, data
 
     async def secret_version(self, namespace: str, name: str) -> str | None:
         key = (namespace, name)
