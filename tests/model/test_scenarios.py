@@ -91,6 +91,35 @@ async def test_the_first_look_after_a_broadcast_is_at_the_next_block_not_the_pol
     assert world.reason() == "Synced", world.status
 
 
+async def test_a_pass_waiting_for_a_block_says_so_and_a_pass_that_sees_it_announces_it() -> None:
+    """What lets the runtime wake every resource waiting for a chain's block when one of them sees it
+    first: the wait names the chain and the head it saw, and a new head is announced once."""
+    world = World(block_time=12.0)
+    world.store.spec = spec("app-a1", on_chain=on_chain(confirmations=2))
+    heard: list[tuple[int, int]] = []
+    world.reconciler.on_new_block(lambda chain_id, number: heard.append((chain_id, number)))
+    chain = world.chain[CHAIN_A]
+    outcome = None
+    while not (world.status.get("inFlight") or {}).get("transactions"):
+        assert await world.step()
+    while world.reason() != "AwaitingConfirmations":
+        wait = world.due - world.clock.now if world.due is not None else 0.0
+        world.advance(max(0.0, wait))
+        outcome = await world.run_pass()
+    assert outcome is not None and outcome.requeue_after is not None
+    assert outcome.awaits_block == (CHAIN_A, chain.head.number)
+    assert heard and heard[-1] == (CHAIN_A, chain.head.number)
+    announced = len(heard)
+    outcome = await world.run_pass()  # the same head again: no news
+    assert outcome is not None and outcome.awaits_block == (CHAIN_A, chain.head.number)
+    assert len(heard) == announced
+    world.store.spec = spec("off-1")  # an off-chain resource never waits for a block
+    world.poke()
+    await world.settle()
+    outcome = await world.run_pass()
+    assert outcome is not None and outcome.awaits_block is None
+
+
 async def test_a_dropped_transaction_is_broadcast_again_with_the_same_bytes() -> None:
     world = World(block_time=2.0)
     world.store.spec = spec("app-a1", on_chain=on_chain())

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cvm_prelaunch_operator.domain.blocks import BlockClock
+from cvm_prelaunch_operator.domain.blocks import BlockClock, BlockClocks, BlockWaiters, Waiter
 from cvm_prelaunch_operator.domain.chain import (
     Fees,
     Head,
@@ -184,15 +184,83 @@ def test_block_clock_learns_interval_and_lag() -> None:
     assert clock.lag == pytest.approx(0.32)
     assert clock.probe_lag is None
     assert clock.seconds_to_next_block(1003.0) == pytest.approx(1.42)
-    # Overdue (expected at 1004.42): as long again as it has been overdue (the policy bounds it).
+    # Overdue (expected at 1004.42): one look per second (the policy's floor) keeps watching for the
+    # whole chain; everyone else waits as long again as it has been overdue (the policy bounds it).
+    assert clock.seconds_to_next_block(1012.0) == 0.0
     assert clock.seconds_to_next_block(1012.0) == pytest.approx(7.58)
+    assert clock.seconds_to_next_block(1012.9) == pytest.approx(8.48)
+    assert clock.seconds_to_next_block(1013.0) == 0.0  # the next second's look
     assert clock.seconds_to_next_block(1004.45) == pytest.approx(0.03)
     policy = RetryPolicy()
     assert policy.block_wait(clock.seconds_to_next_block(1004.45)) == policy.block_poll_min
+    assert policy.block_wait(clock.seconds_to_next_block(1100.0)) == policy.block_poll_min  # the poll
     assert policy.block_wait(clock.seconds_to_next_block(1100.0)) == policy.block_poll_max
     # Right after a broadcast (which may make the block on a chain that mines on demand): the next
     # slot of the learned interval, never the backoff.
     assert 0 < clock.seconds_to_next_block(1100.0, just_sent=True) <= 2.0
+
+
+def test_a_new_block_wakes_those_that_saw_an_older_head_on_that_chain_once() -> None:
+    waiters: BlockWaiters[str] = BlockWaiters()
+    waiters.wait("a", Waiter(chain_id=1, after=10, looked_at=5.0))
+    waiters.wait("b", Waiter(chain_id=1, after=11, looked_at=6.0))  # its own node had 11 already
+    waiters.wait("c", Waiter(chain_id=8453, after=10, looked_at=7.0))
+    waiters.wait("d", Waiter(chain_id=1, after=9, looked_at=1.0))
+    waiters.cancel("d")  # its next pass began: it looks itself
+    assert waiters.woken_by(1, 11) == [("a", Waiter(1, 10, 5.0))]
+    assert waiters.woken_by(1, 11) == []  # woken once: a second sighting of the block is not news
+    assert waiters.woken_by(1, 12) == [("b", Waiter(1, 11, 6.0))]
+    assert len(waiters) == 1 and waiters.woken_by(8453, 11) == [("c", Waiter(8453, 10, 7.0))]
+    assert len(waiters) == 0
+    waiters.wait("a", Waiter(chain_id=1, after=12, looked_at=8.0))
+    waiters.wait("a", Waiter(chain_id=2, after=3, looked_at=9.0))  # one entry per resource: the latest
+    assert waiters.woken_by(1, 13) == [] and waiters.woken_by(2, 4) == [("a", Waiter(2, 3, 9.0))]
+
+
+def test_one_resource_looks_for_a_block_on_time_for_everyone_the_others_back_it_up() -> None:
+    clock = BlockClock()
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1000.3)
+    clock.learn_from(2, 1000 - 96)  # 12 s blocks
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1000.25)  # lag bounds [0.25, 0.3]: no probe
+    assert clock.probe_lag is None
+    on_time = 1012.0 + 0.3 + 0.1  # timestamp + interval + lag + margin
+    assert clock.seconds_to_next_block(1001.0, who="a") == pytest.approx(on_time - 1001.0)
+    assert clock.seconds_to_next_block(1001.0, who="b") == pytest.approx(on_time + 12.0 - 1001.0)
+    assert clock.seconds_to_next_block(1002.0, who="a") == pytest.approx(on_time - 1002.0)  # still it
+    # Right after a broadcast too (the one look that sees the block wakes the others); callers that do
+    # not say who they are are never put off.
+    assert clock.seconds_to_next_block(1001.0, who="c", just_sent=True) == pytest.approx(
+        on_time + 12.0 - 1001.0
+    )
+    assert clock.seconds_to_next_block(1001.0) == pytest.approx(on_time - 1001.0)
+    # A block that did not come on time is overdue: its looker gets the one poll a second, the others
+    # still wait for their backstop (or to be woken by whoever sees the block).
+    assert clock.seconds_to_next_block(on_time + 1.0, who="a") == 0.0
+    assert clock.seconds_to_next_block(on_time + 1.0, who="b") == pytest.approx(11.0)
+    # The next block: whoever asks first looks on time for it.
+    clock.observe(Head(11, "0x", 1012, None), seen_at=1012.3)
+    on_time += 12.0
+    assert clock.seconds_to_next_block(1013.0, who="b") == pytest.approx(on_time - 1013.0)
+    assert clock.seconds_to_next_block(1013.0, who="a") == pytest.approx(on_time + 12.0 - 1013.0)
+
+
+def test_while_the_lag_is_probed_two_look_on_time_the_probe_and_one_at_the_bound() -> None:
+    clock = BlockClock()
+    clock.observe(Head(10, "0x", 1000, None), seen_at=1000.8)  # lag somewhere in [0, 0.8]
+    clock.learn_from(2, 1000 - 96)
+    assert clock.probe_lag == pytest.approx(0.4)
+    assert clock.seconds_to_next_block(1001.0, who="a") == pytest.approx(1012.0 + 0.4 + 0.1 - 1001.0)
+    assert clock.seconds_to_next_block(1001.0, who="b") == pytest.approx(1012.0 + 0.8 + 0.1 - 1001.0)
+    assert clock.seconds_to_next_block(1001.0, who="c") == pytest.approx(1012.0 + 0.8 + 0.1 + 12 - 1001.0)
+    assert clock.seconds_to_next_block(1001.0, who="a") == pytest.approx(1012.0 + 0.8 + 0.1 - 1001.0)
+
+
+def test_block_clocks_announce_a_new_head_to_their_listeners() -> None:
+    heard: list[tuple[int, int]] = []
+    clocks = BlockClocks()
+    clocks.listen(lambda chain_id, number: heard.append((chain_id, number)))
+    clocks.announce(1, 42)
+    assert heard == [(1, 42)]
 
 
 def test_block_clock_drops_an_upper_bound_that_a_later_block_contradicts() -> None:

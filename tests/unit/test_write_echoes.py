@@ -12,6 +12,7 @@ from typing import Any, cast
 from cvm_prelaunch_operator.handlers.runtime import Runtime
 from cvm_prelaunch_operator.kube.client import KubeClient
 from cvm_prelaunch_operator.kube.cluster import Cluster
+from cvm_prelaunch_operator.reconcile.engine import Reconciler
 
 KEY = ("ns", "res")
 
@@ -28,6 +29,11 @@ class HeldClient:
         return SimpleNamespace(body={"metadata": {"resourceVersion": self.answer}})
 
 
+def idle_reconciler() -> Reconciler:
+    """Never asked to reconcile here: the tests look at the runtime's bookkeeping only."""
+    return Reconciler(cast(Any, None), cast(Any, None), cast(Any, None))
+
+
 def body(version: str) -> dict[str, Any]:
     return {
         "metadata": {"namespace": "ns", "name": "res", "generation": 1, "resourceVersion": version},
@@ -38,7 +44,7 @@ def body(version: str) -> dict[str, Any]:
 async def write_while_the_watch_delivers(*versions: str) -> Runtime:
     client = HeldClient(answer="7")
     cluster = Cluster(cast(KubeClient, client))
-    runtime = Runtime(cluster, reconciler=cast(Any, None), workers=1)
+    runtime = Runtime(cluster, reconciler=idle_reconciler(), workers=1)
     runtime.on_resource(KEY, body("5"))
     runtime.queue.forget(KEY)  # the first sighting's pass is not what this test is about
     write = asyncio.create_task(cluster.patch_status("ns", "res", {"phase": "Synced"}, "5"))
@@ -65,7 +71,7 @@ async def test_another_change_seen_while_a_write_is_under_way_is_work() -> None:
 
 async def test_without_a_write_under_way_every_change_is_work_at_once() -> None:
     cluster = Cluster(cast(KubeClient, HeldClient(answer="7")))
-    runtime = Runtime(cluster, reconciler=cast(Any, None), workers=1)
+    runtime = Runtime(cluster, reconciler=idle_reconciler(), workers=1)
     runtime.on_resource(KEY, body("5"))
     assert len(runtime.queue) == 1
 
@@ -76,7 +82,7 @@ def configmap(version: str) -> dict[str, Any]:
 
 async def test_a_configmap_version_the_passes_read_already_is_not_work() -> None:
     cluster = Cluster(cast(KubeClient, HeldClient(answer="7")))
-    runtime = Runtime(cluster, reconciler=cast(Any, None), workers=1)
+    runtime = Runtime(cluster, reconciler=idle_reconciler(), workers=1)
     runtime.on_resource(KEY, body("5"))
     runtime.queue.forget(KEY)
     cluster.observe_configmap(("ns", "cm"), configmap("11"))  # as a pass's GET caches it

@@ -11,15 +11,20 @@ a look that finds the block lowers the upper bound, one that does not raises the
 after a few blocks the looks come just after blocks appear. Everything is bounded, so a chain that
 lies about its timestamps gets polled within ``RetryPolicy.block_poll_min`` and ``block_poll_max``
 all the same.
+
+Resources waiting for the same chain share what any of them sees: the first pass that finds a new
+block announces it (``BlockClocks.announce``), and ``BlockWaiters`` says who was waiting for it, so that
+their next looks come now instead of at their own estimates (which differ: each backs off on its own
+while a block is overdue). A woken look still respects the policy's floor from the resource's last look.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from cvm_prelaunch_operator.domain.chain import Head
 
@@ -43,6 +48,9 @@ class BlockClock:
     head_timestamp: int | None = None
     head_seen_until: float | None = None  # the last time the head was still the head
     probed_block: int | None = None  # the block whose early look was handed out
+    overdue_poll_at: float | None = None  # when the one look for an overdue block is due
+    looks_for: int | None = None  # the block the on-time looks were handed out for
+    lookers: list[Hashable] = field(default_factory=list)  # who got them (two at most)
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     lag_highs: deque[float] = field(default_factory=lambda: deque(maxlen=_HIGHS))
     lag_lows: deque[float] = field(default_factory=lambda: deque(maxlen=_LOWS))
@@ -88,6 +96,7 @@ class BlockClock:
             self.lag_highs.append(high)
             self.head_number, self.head_timestamp = head.number, head.timestamp
             self.head_seen_until = asked
+            self.overdue_poll_at = None
 
     @property
     def lag(self) -> float | None:
@@ -119,44 +128,89 @@ class BlockClock:
         self.samples.append(min(_MAX_INTERVAL, max(_MIN_INTERVAL, interval)))
         self.interval = statistics.median(self.samples)
 
-    def seconds_to_next_block(self, now: float, *, just_sent: bool = False) -> float:
+    def seconds_to_next_block(
+        self,
+        now: float,
+        *,
+        just_sent: bool = False,
+        overdue_poll: float = 1.0,
+        who: Hashable | None = None,
+    ) -> float:
         """Seconds from ``now`` until the block after the last seen head should be visible here (for
         the first caller per block while the lag bounds are wide: until it might be, a probe).
 
         ``just_sent``: a transaction went out a moment ago, which may itself make the next block (a
         chain that mines on demand), so an overdue block is looked for at the next slot of the learned
-        interval rather than after a backoff."""
-        if self.head_timestamp is None:
+        interval rather than after a backoff.
+
+        ``who`` asks (a resource), when the caller wakes those waiting on a block one of them sees
+        (``BlockWaiters``): then one caller per block looks at the expected time for everyone (two
+        while the lag is probed: the probe, and one at the upper bound), and the others are told a
+        backstop an interval later (at least ``overdue_poll``), in case no look sees the block.
+        While the block is overdue, one caller every ``overdue_poll`` seconds (the policy's floor) is
+        told 0: it keeps looking at that pace for everyone, who back off."""
+        if self.head_timestamp is None or self.head_number is None:
             return 1.0
         interval = self.interval if self.interval is not None else 1.0
         lag = self.lag if self.lag is not None else 0.5
+        awaited = self.head_number + 1
+        if self.looks_for != awaited:
+            self.looks_for, self.lookers = awaited, []
         probe = self.probe_lag
-        if probe is not None and self.head_number is not None and self.probed_block != self.head_number + 1:
+        backstop = 0.0
+        looker = who is not None and who in self.lookers  # asking again: at the bound
+        if not looker and probe is not None and self.probed_block != awaited:
             # One look per block probes the middle of the bounds: a look that finds the block or not
             # halves what is unknown. Only one: when it comes too early it costs its resource a second
-            # (the policy's floor), and everyone else waiting for the same block looks at the bound.
-            self.probed_block = self.head_number + 1
+            # (the policy's floor), and another look for the same block comes at the bound.
+            self.probed_block = awaited
             lag = probe
+            looker = True
+        elif not looker and who is not None:
+            looker = len(self.lookers) < (2 if self.probed_block == awaited else 1)
+            if not looker:
+                backstop = max(overdue_poll, interval)
+        if looker and who is not None and who not in self.lookers:
+            self.lookers.append(who)
         lag = min(max(lag, 0.0), interval + 1.0)
         expected = self.head_timestamp + interval + lag + _MARGIN
-        if expected <= now:
-            overdue = now - expected
-            if just_sent:
-                return interval - (overdue % interval) if interval > 0 else 1.0
-            # Overdue: the block is late, the interval was learned from a burst of blocks, or the chain
-            # is idle. Waiting as long as it has been overdue thins the looks out (the policy's floor
-            # of 1 s, then about 2, 4, 8 s... up to its ceiling) until a new block is seen, and costs a
-            # block that is only a little late a second, not a whole interval.
-            return overdue
-        return expected - now
+        if expected + backstop > now:
+            return expected + backstop - now
+        overdue = now - expected
+        if just_sent:
+            # Never put off past the next slot: on a chain that mines on demand the transaction may
+            # have made the block itself.
+            return interval - (overdue % interval) if interval > 0 else 1.0
+        # Overdue: the block is late (a missed slot), the interval was learned from a burst of blocks,
+        # or the chain is idle. One look per ``overdue_poll`` keeps watching for it; everyone else
+        # waits as long as it has been overdue (the policy's floor of 1 s, then about 2, 4, 8 s... up
+        # to its ceiling), which thins their looks out until a new block is seen, when the look that
+        # sees it wakes them.
+        if self.overdue_poll_at is None or self.overdue_poll_at <= now:
+            self.overdue_poll_at = now + overdue_poll
+            return 0.0
+        return overdue
+
+
+NewBlockListener = Callable[[int, int], None]  # (chain id, new head number)
 
 
 @dataclass
 class BlockClocks:
-    """A bounded set of block clocks, one per chain id, least recently used dropped first."""
+    """A bounded set of block clocks, one per chain id, least recently used dropped first; and whom to
+    tell when a pass sees a chain's new head."""
 
     limit: int = MAX_CHAINS
     _clocks: OrderedDict[int, BlockClock] = field(default_factory=OrderedDict)
+    _listeners: list[NewBlockListener] = field(default_factory=list)
+
+    def listen(self, listener: NewBlockListener) -> None:
+        self._listeners.append(listener)
+
+    def announce(self, chain_id: int, number: int) -> None:
+        """A pass saw ``number`` as the new head of ``chain_id`` (newer than the clock knew)."""
+        for listener in self._listeners:
+            listener(chain_id, number)
 
     def for_chain(self, chain_id: int) -> BlockClock:
         clock = self._clocks.pop(chain_id, None) or BlockClock()
@@ -167,6 +221,53 @@ class BlockClocks:
 
     def __len__(self) -> int:
         return len(self._clocks)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class Waiter:
+    chain_id: int
+    after: int  # the head the resource saw: any later block is the one it waits for
+    looked_at: float  # when its last look began (a woken look keeps the floor from it)
+
+
+@dataclass
+class BlockWaiters(Generic[K]):
+    """Which resources wait for a chain's next block (see the module). At most one entry per resource,
+    dropped when it is woken, when its next pass begins, or when it is gone."""
+
+    _waiters: dict[K, Waiter] = field(default_factory=dict)
+    _by_chain: dict[int, dict[K, None]] = field(default_factory=dict)
+
+    def wait(self, key: K, waiter: Waiter) -> None:
+        self.cancel(key)
+        self._waiters[key] = waiter
+        self._by_chain.setdefault(waiter.chain_id, {})[key] = None
+
+    def cancel(self, key: K) -> None:
+        waiter = self._waiters.pop(key, None)
+        if waiter is None:
+            return
+        keys = self._by_chain[waiter.chain_id]
+        del keys[key]
+        if not keys:
+            del self._by_chain[waiter.chain_id]
+
+    def woken_by(self, chain_id: int, number: int) -> list[tuple[K, Waiter]]:
+        """The resources block ``number`` of ``chain_id`` is news to, removed from the waiters."""
+        woken = [
+            (key, self._waiters[key])
+            for key in self._by_chain.get(chain_id, {})
+            if self._waiters[key].after < number
+        ]
+        for key, _ in woken:
+            self.cancel(key)
+        return woken
+
+    def __len__(self) -> int:
+        return len(self._waiters)
 
 
 def _drop(bounds: deque[float], contradicted: Callable[[float], bool]) -> None:

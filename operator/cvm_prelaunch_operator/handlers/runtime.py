@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cvm_prelaunch_operator.domain.blocks import BlockWaiters, Waiter
 from cvm_prelaunch_operator.domain.errors import NotLeader
 from cvm_prelaunch_operator.domain.resource import Spec
 from cvm_prelaunch_operator.domain.text import parse_time
@@ -164,6 +165,11 @@ class Runtime:
         # resourceVersions seen while a status write of ours was under way: decided when it settles.
         self._unsure: dict[ObjectKey, set[str]] = {}
         cluster.on_write_settled(self._write_settled)
+        # Resources whose pass ended waiting for a chain's next block: the first pass that sees it
+        # wakes the others (their own estimates back off differently while a block is overdue).
+        self.block_waiters: BlockWaiters[ObjectKey] = BlockWaiters()
+        self._look_floor = reconciler.policy.block_poll_min
+        reconciler.on_new_block(self._new_block)
 
     # -- leadership ---------------------------------------------------------------------------------
 
@@ -193,6 +199,7 @@ class Runtime:
             self._generations.pop(key, None)
             old = self.index.remove(key)
             self.queue.forget(key)
+            self.block_waiters.cancel(key)
             self._parked.discard(key)
             if old is not None:
                 self._drop_unreferenced(key[0], old)
@@ -260,9 +267,15 @@ class Runtime:
 
     # -- the worker ---------------------------------------------------------------------------------
 
+    def _new_block(self, chain_id: int, number: int) -> None:
+        now = time.monotonic()
+        for key, waiter in self.block_waiters.woken_by(chain_id, number):
+            self.queue.add(key, max(0.0, waiter.looked_at + self._look_floor - now), timed=True)
+
     async def _reconcile(self, key: ObjectKey) -> float | None:
         started = time.monotonic()
         result = "error"
+        self.block_waiters.cancel(key)  # this pass looks itself
         try:
             snapshot = await self.cluster.get_resource(*key)
             if snapshot is None:
@@ -270,6 +283,9 @@ class Runtime:
                 return None
             outcome = await self.reconciler.reconcile(snapshot, self.cluster.io_for(snapshot))
             result = "requeue" if outcome.requeue_after is not None else "done"
+            if outcome.awaits_block is not None:
+                chain_id, seen = outcome.awaits_block
+                self.block_waiters.wait(key, Waiter(chain_id=chain_id, after=seen, looked_at=started))
             return outcome.requeue_after
         except StatusConflict as exc:
             result = "conflict"

@@ -139,6 +139,9 @@ class StepContext:
         # Set by the engine before each step.
         self.fresh = False  # the state was written by this pass: none of its side effects happened yet
         self.settling = False  # the state is stale: finish what was broadcast, start nothing new
+        # (chain id, head seen) when the step waits for the chain's next block: the pass ends with it.
+        self.awaited_block: tuple[int, int] | None = None
+        self.seen_heads: dict[int, int] = {}  # chain id -> the head this pass's own round saw
 
     @property
     def now(self) -> float:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from cvm_prelaunch_operator.domain import logcontext
-from cvm_prelaunch_operator.domain.blocks import BlockClocks
+from cvm_prelaunch_operator.domain.blocks import BlockClocks, NewBlockListener
 from cvm_prelaunch_operator.domain.conditions import WORKING_PHASES, Phase, Verdict, build_conditions
 from cvm_prelaunch_operator.domain.errors import Permanent, RetryLater, SyncError
 from cvm_prelaunch_operator.domain.fees import ChainPolicy
@@ -105,6 +105,9 @@ class Outcome:
     """When to look at the resource again without an event (None: only on the next event)."""
 
     requeue_after: float | None = None
+    # (chain id, head seen): the requeue is a look for the chain's next block, which another pass may
+    # see first (see ``domain.blocks.BlockWaiters``).
+    awaits_block: tuple[int, int] | None = None
 
 
 StepFunction = Callable[[StepContext, Any], Awaitable[Transition]]
@@ -155,6 +158,10 @@ class Reconciler:
     @property
     def policy(self) -> RetryPolicy:
         return self._ports.policy
+
+    def on_new_block(self, listener: NewBlockListener) -> None:
+        """``listener(chain_id, number)`` when a pass sees a chain's new head first."""
+        self._ports.clocks.listen(listener)
 
     def secret_changed(self, namespace: str, name: str) -> None:
         """A Secret changed: a cached RPC client for the URL it held is dropped (and closed)."""
@@ -330,6 +337,7 @@ class _Pass:
             if time.monotonic() - began > PASS_SECONDS:
                 await self.flush()
                 return Outcome(requeue_after=0.0)  # the rest in a pass of its own, behind the queue
+            ctx.awaited_block = None
             if state is None:
                 ctx.settling = False
                 applied = (
@@ -349,7 +357,8 @@ class _Pass:
             ctx.fresh = True
             if transition.then == "wait":
                 await self.flush()
-                return Outcome(requeue_after=transition.requeue_after)
+                awaits = ctx.awaited_block if transition.requeue_after is not None else None
+                return Outcome(requeue_after=transition.requeue_after, awaits_block=awaits)
         await self.flush()
         # A pass that ran out of steps: more work right away when it made progress, otherwise a pause,
         # so that no loop of passes without progress ever spins.

@@ -142,14 +142,31 @@ def runs_script(cvm: CvmInfo, script_sha256: str) -> bool | None:
 
 
 def seconds_to_next_block(ctx: StepContext, chain_id: int, *, first_look: bool = False) -> float:
+    """When to look for the chain's next block; the pass is also woken when another sees it first."""
     clock = ctx.block_clock(chain_id)
-    return ctx.policy.block_wait(
-        clock.seconds_to_next_block(ctx.now, just_sent=first_look), first_look=first_look
+    seen = ctx.seen_heads.get(chain_id, clock.head_number)
+    if seen is not None:
+        ctx.awaited_block = (chain_id, seen)
+        if clock.head_number is not None and seen < clock.head_number:
+            # Another pass saw a newer block after this pass's round (and announced it before this
+            # pass waited for it): look again as soon as the policy allows.
+            return ctx.policy.block_wait(0.0, first_look=first_look)
+    seconds = clock.seconds_to_next_block(
+        ctx.now,
+        just_sent=first_look,
+        overdue_poll=ctx.policy.block_poll_min,
+        who=(ctx.res.namespace, ctx.res.name),
     )
+    return ctx.policy.block_wait(seconds, first_look=first_look)
 
 
 def observe_head(ctx: StepContext, chain_id: int, tracking_or_head: Tracking) -> None:
-    ctx.block_clock(chain_id).observe(tracking_or_head.head, ctx.now, asked_at=tracking_or_head.asked_at)
+    clock = ctx.block_clock(chain_id)
+    known = clock.head_number
+    clock.observe(tracking_or_head.head, ctx.now, asked_at=tracking_or_head.asked_at)
+    ctx.seen_heads[chain_id] = tracking_or_head.head.number
+    if clock.head_number is not None and clock.head_number != known:
+        ctx.ports.clocks.announce(chain_id, clock.head_number)
 
 
 def check_chain(observed: int, chain: ChainTarget, endpoint_note: str = "") -> None:
