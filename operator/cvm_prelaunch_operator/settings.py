@@ -44,7 +44,7 @@ class OperatorSettings:
         "MAX_CONCURRENT_RECONCILES",
         32,
         "resources reconciled at once; requeued looks (a pending transaction's next block) take at most "
-        "three quarters, the rest stay free for changes",
+        "a quarter, the rest stay free for changes",
         minimum=1,
     )
     health_port: int = setting("HEALTH_PORT", 8081, "liveness and readiness endpoint `/healthz`", minimum=0)

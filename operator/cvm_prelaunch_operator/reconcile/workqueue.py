@@ -3,10 +3,10 @@ a time, adds while it is processed are coalesced into one more run (adds while i
 into the run it waits for), delayed adds keep the earliest.
 
 Runs a handler asked for itself (``timed``: a requeue, such as the next look at a pending transaction)
-never take the last quarter of the workers: those stay free for runs that a change asked for (a
+take at most a quarter of the workers: the rest stay free for runs that a change asked for (a
 ConfigMap edit), so that fifty registrations looking at the same block at once do not make an
-unrelated edit wait behind them. A timed run over that share waits, in order, for one to end; a
-change of its key hands it over at once.
+unrelated edit wait behind them, nor its requests queue behind theirs at the API server. A timed run
+over that share waits, in order, for one to end; a change of its key hands it over at once.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class WorkQueue(Generic[K]):
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()  # set whenever no key is being processed
-        self._timed_limit = workers - workers // 4  # timed runs handed over at once, at most
+        self._timed_limit = max(1, workers // 4)  # timed runs handed over at once, at most
         self._timed: set[K] = set()  # scheduled by a requeue only (no change asked for it since)
         self._timed_runs: set[K] = set()  # handed over as timed runs
         self._held: dict[K, None] = {}  # timed runs due but over the limit, oldest first
