@@ -46,7 +46,7 @@ EVENT_FLUSH_SECONDS = 1.0
 # Events go out a few at a time, behind the reads and status writes of the passes: a burst of syncs
 # (one ConfigMap edit fanning out to hundreds of resources) posts three Events each, and letting them
 # all compete with the passes' own requests slowed every pass down.
-EVENT_CONCURRENCY = 4
+EVENT_CONCURRENCY = 1
 # Values of referenced Secrets kept between passes (see the module); more distinct Secrets than this
 # are read again as passes need them, the least recently used first.
 SECRET_VALUES_KEPT = 1024
