@@ -586,6 +586,10 @@ def _fanout_once(run: Run, fleet: Fleet, limit: int) -> tuple[dict[str, Any], Sy
     )
     try:
         bench.wait_fleet_synced(fleet, timeout=300.0)
+        # Synced already (by the operator before this one): the fresh process looks at every resource
+        # once at its start. The edit waits for that to end, or its passes would share the machine
+        # (and the measured CPU) with the start-up's.
+        wait_reconfirmed(operator, len(fleet), timeout=120.0)
         latency_s = sizes.fanout_latency_ms / 1000
         admin.settings(operation_seconds=0)
         admin.inject(latency_ms=sizes.fanout_latency_ms, count=None)

@@ -46,7 +46,8 @@ EVENT_FLUSH_SECONDS = 1.0
 # Events go out one at a time, behind the reads and status writes of the passes: a burst of syncs
 # (one ConfigMap edit fanning out to hundreds of resources, fifty registrations confirmed by one block)
 # posts an Event or two each, and letting them compete with the passes' own requests at the API server
-# slowed every pass down. One lane drains about 200 Events a second here.
+# slowed every pass down. A post takes a few milliseconds, so one lane keeps up with hundreds of
+# syncs a second; the backlog is bounded by MAX_PENDING_EVENTS.
 EVENT_CONCURRENCY = 1
 # Values of referenced Secrets kept between passes (see the module); more distinct Secrets than this
 # are read again as passes need them, the least recently used first.
