@@ -190,6 +190,9 @@ class FakeChain:
         self.last_mined_at = clock.now
         self.wrong_chain_id: int | None = None
         self.gas_estimate = 60_000
+        # The next n tracking rounds read the head one block behind their receipts (a node that
+        # serves the block before the receipt of a transaction it has just mined).
+        self.head_behind_receipts = 0
         # anvil evicts a pending transaction priced out by the base fee and refuses new ones below it;
         # geth keeps them pending. Both are played.
         self.evicts_underpriced = False
@@ -456,9 +459,16 @@ class FakeChain:
                 if known and tx is not None
                 else None
             )
+        head = self._head()
+        if self.head_behind_receipts and len(self.blocks) > 1:
+            self.head_behind_receipts -= 1
+            parent = self.blocks[-2]
+            head = Head(
+                number=parent.number, hash=parent.hash, timestamp=parent.timestamp, base_fee=head.base_fee
+            )
         return Tracking(
             chain_id=self.reported_chain_id,
-            head=self._head(),
+            head=head,
             mined_nonce=self.nonce_of(sender) if sender else None,
             receipts=receipts,
             transactions=views,

@@ -73,6 +73,19 @@ async def test_confirmations_are_waited_for_as_progress_not_failures() -> None:
     assert registrations(world, "app-a1") == 1
 
 
+async def test_a_receipt_counts_its_own_block_when_the_head_read_before_it_is_older() -> None:
+    """A node that mines on demand may answer the head before the block the receipt is in (both read
+    in one round): the receipt proves its block, so one confirmation is there and Phase 2 follows in
+    the same pass instead of after the wait for a block that, on such a chain, may never come."""
+    world = World()  # automine
+    world.store.spec = spec("app-a1", on_chain=on_chain())
+    world.chain[CHAIN_A].head_behind_receipts = 1_000
+    await world.settle()
+    assert world.reason() == "Synced", world.status
+    assert world.passes == 1
+    assert registrations(world, "app-a1") == 1
+
+
 async def test_the_first_look_after_a_broadcast_is_at_the_next_block_not_the_poll_floor() -> None:
     world = World(block_time=2.0)
     world.store.spec = spec("app-a1", on_chain=on_chain())

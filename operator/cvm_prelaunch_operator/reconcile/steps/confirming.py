@@ -56,7 +56,9 @@ async def step(ctx: StepContext, state: AwaitingConfirmations) -> Transition:
         sender = state.versions[-1].sender if state.versions else None
         return await registration_failed(ctx, chain, state.tx_hash, receipt, problem, sender)
     wanted = ctx.spec.on_chain.confirmations if ctx.spec.on_chain is not None else 1
-    have = tracking.head.number - receipt.block_number + 1
+    # A receipt proves its block: a head read in the same round may still be its parent (a node that
+    # mines on demand can answer the head before it has switched to the block it just made).
+    have = max(tracking.head.number, receipt.block_number) - receipt.block_number + 1
     if have < wanted:
         return Transition(
             state=state,
