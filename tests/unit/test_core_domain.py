@@ -196,8 +196,14 @@ def test_block_clock_learns_interval_and_lag() -> None:
     assert policy.block_wait(clock.seconds_to_next_block(1100.0)) == policy.block_poll_min  # the poll
     assert policy.block_wait(clock.seconds_to_next_block(1100.0)) == policy.block_poll_max
     # Right after a broadcast (which may make the block on a chain that mines on demand): the next
-    # slot of the learned interval, never the backoff.
-    assert 0 < clock.seconds_to_next_block(1100.0, just_sent=True) <= 2.0
+    # slot of the learned interval or one poll later, whichever comes first, never the backoff.
+    assert 0 < clock.seconds_to_next_block(1100.0, just_sent=True) <= 1.0
+    sparse = BlockClock()  # an on-demand chain: blocks only when transactions came, far apart
+    sparse.observe(Head(10, "0x", 1000, None), seen_at=1000.3)
+    sparse.learn_from(8, 1000 - 16)
+    assert sparse.interval == pytest.approx(8.0)
+    assert sparse.seconds_to_next_block(1030.0, just_sent=True, overdue_poll=1.0) == 1.0
+    assert sparse.seconds_to_next_block(1030.0, just_sent=True, overdue_poll=1.0) == 1.0  # no backoff
 
 
 def test_a_new_block_wakes_those_that_saw_an_older_head_on_that_chain_once() -> None:

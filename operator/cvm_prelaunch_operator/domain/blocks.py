@@ -141,7 +141,7 @@ class BlockClock:
 
         ``just_sent``: a transaction went out a moment ago, which may itself make the next block (a
         chain that mines on demand), so an overdue block is looked for at the next slot of the learned
-        interval rather than after a backoff.
+        interval or after ``overdue_poll``, whichever comes first, rather than after a backoff.
 
         ``who`` asks (a resource), when the caller wakes those waiting on a block one of them sees
         (``BlockWaiters``): then one caller per block looks at the expected time for everyone (two
@@ -178,9 +178,11 @@ class BlockClock:
             return expected + backstop - now
         overdue = now - expected
         if just_sent:
-            # Never put off past the next slot: on a chain that mines on demand the transaction may
-            # have made the block itself.
-            return interval - (overdue % interval) if interval > 0 else 1.0
+            # Never put off past the next slot nor past one poll: on a chain that mines on demand the
+            # transaction may have made the block itself (its node can answer the round right after the
+            # broadcast before it has), and an interval learned from such a chain says little.
+            slot = interval - (overdue % interval) if interval > 0 else overdue_poll
+            return min(slot, overdue_poll)
         # Overdue: the block is late (a missed slot), the interval was learned from a burst of blocks,
         # or the chain is idle. One look per ``overdue_poll`` keeps watching for it; everyone else
         # waits as long as it has been overdue (the policy's floor of 1 s, then about 2, 4, 8 s... up
