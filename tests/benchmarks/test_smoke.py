@@ -84,8 +84,15 @@ def test_properties_that_hold_at_any_size(smoke_report: dict[str, Any]) -> None:
     for figures in (scenarios["first_sync"]["figures"], fanout):
         assert figures["operator_cpu_ms_per_sync"] > 0
         by_kind = figures["kubernetes_requests_per_sync_by_kind"]
-        assert by_kind["GET cvmprelaunchscripts"] >= 1 and by_kind["PATCH cvmprelaunchscripts/status"] >= 1
+        assert by_kind["PATCH cvmprelaunchscripts/status"] >= 1
         assert figures["kubernetes_requests_per_sync"] == pytest.approx(sum(by_kind.values()), abs=0.05)
+    # A process's first pass over a resource reads it; after its own status write, a pass starts from
+    # the watched body (the fan-out's edit comes after the fresh operator has looked at every resource).
+    assert (
+        scenarios["first_sync"]["figures"]["kubernetes_requests_per_sync_by_kind"]["GET cvmprelaunchscripts"]
+        >= 1
+    )
+    assert fanout["kubernetes_requests_per_sync_by_kind"].get("GET cvmprelaunchscripts", 0) < 0.5
     # Unreferenced Secrets are never read with their values: only the fleet's one API-key Secret is.
     secrets = scenarios["secrets"]["figures"]
     assert secrets["secrets"] >= 1

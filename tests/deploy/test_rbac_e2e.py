@@ -463,7 +463,8 @@ def _no_status_and_no_remote_write(case: Case, created: float) -> None:
 
 
 def fails_without_get_resource(case: Case) -> None:
-    """Each reconcile starts from a fresh GET: refused, so nothing is done and nothing written."""
+    """A process's first pass over a resource starts from a GET: refused, so nothing is done and
+    nothing written."""
     created = case.app.create()
     wait_for_log(case.operator, f"{case.app.namespace}/app: reconcile failed", "reading", "HTTP 403")
     _no_status_and_no_remote_write(case, created)

@@ -6,6 +6,7 @@
 - A new listing tells the sink which objects it no longer contains; a 410 Gone makes the watcher
   list again (a scripted server plays the 410, which the real one cannot be made to send on demand).
 - A 401 makes the client load its credentials again (a rotated token) and repeat the request.
+- A pass starts from the watched body once our own write (or a GET) has shown it to be the newest.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cvm_prelaunch_localenv.kube import ControlPlane
 from cvm_prelaunch_operator.kube.client import Credentials, KubeApiError, KubeClient, load_credentials
 from cvm_prelaunch_operator.kube.cluster import SECRET_VALUES_MAX_AGE, Cluster
 from cvm_prelaunch_operator.kube.watch import Backoff, Watcher
+from cvm_prelaunch_operator.reconcile.ports import StatusConflict
 
 
 @dataclass
@@ -277,5 +279,59 @@ async def test_a_watch_event_during_the_read_wins_over_the_value_read(
         assert cluster.known_secret_version((namespace, "api")) == "newer-than-the-read"
         assert await cluster.secret(namespace, "api") is not None
         assert len(gets) == 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_pass_starts_from_the_watched_body_after_our_own_write(
+    control_plane: ControlPlane, namespace: str, crd: Path
+) -> None:
+    """A GET the first time; after our status write the pass starts from its answer (then from the
+    watch's newer events); after a write refused as stale, from a GET again."""
+    gets: list[str] = []
+
+    def observe(method: str, resource: str, status: int | None, seconds: float) -> None:
+        if method == "GET" and resource == "cvmprelaunchscripts":
+            gets.append(resource)
+
+    client = KubeClient(functools.partial(load_credentials, str(control_plane.kubeconfig)), observer=observe)
+    cluster = Cluster(client)
+    key = (namespace, "app")
+    scenario.apply(
+        control_plane, scenario.cvm_prelaunch_script("app", namespace, cvm_id="cvm-1", config_map="cm")
+    )
+
+    def watched() -> dict[str, Any]:
+        """What the watch would deliver now (the test plays the watch, in order)."""
+        return dict(scenario.get(control_plane, namespace, "app"))
+
+    try:
+        cluster.observe_resource(key, watched())
+        first = await cluster.read_resource(*key)
+        assert first is not None and len(gets) == 1, "the first pass reads"
+        again = await cluster.read_resource(*key)
+        assert again == first and len(gets) == 1, "the watch had this very version: no second read"
+
+        await cluster.patch_status(*key, {"phase": "Pending"}, first.resource_version)
+        after_write = await cluster.read_resource(*key)
+        assert after_write is not None and len(gets) == 1
+        assert after_write.status.get("phase") == "Pending", "our write's answer, before its echo"
+        assert after_write.resource_version != first.resource_version
+
+        cluster.observe_resource(key, watched())  # the echo
+        scenario.annotate(control_plane, namespace, "app", {"example.com/note": "edited"})
+        cluster.observe_resource(key, watched())  # someone else's change, after the echo
+        edited = await cluster.read_resource(*key)
+        assert edited is not None and len(gets) == 1
+        assert edited.annotations.get("example.com/note") == "edited"
+
+        with pytest.raises(StatusConflict):
+            await cluster.patch_status(*key, {"phase": "Synced"}, first.resource_version)
+        fresh = await cluster.read_resource(*key)
+        assert fresh is not None and len(gets) == 2, "a refused write: the next pass reads"
+        assert fresh.resource_version == edited.resource_version
+
+        cluster.observe_resource(key, None)  # deleted: nothing kept
+        assert await cluster.read_resource(*key) is not None and len(gets) == 3
     finally:
         await client.aclose()

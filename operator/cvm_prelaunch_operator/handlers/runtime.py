@@ -1,5 +1,5 @@
 """The operator's moving parts wired together: watches feed an index and a work queue; workers
-reconcile one resource at a time with a fresh read. kopf is used as the informer only: handlers here
+reconcile one resource at a time from its newest known state. kopf is used as the informer only: handlers here
 store nothing on users' objects (no finalizers, no annotations, no progress records)."""
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ class Runtime:
     def activate(self) -> None:
         """This process leads now: every resource seen so far gets a pass."""
         self.active = True
+        self.cluster.doubt_resources()
         parked, self._parked = self._parked, set()
         for key in parked:
             self.queue.add(key)
@@ -193,6 +194,7 @@ class Runtime:
     # -- watch events -----------------------------------------------------------------------------
 
     def on_resource(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:
+        self.cluster.observe_resource(key, body)
         if body is None:
             self._unsure.pop(key, None)
             self.ready_states.pop(key, None)
@@ -277,7 +279,7 @@ class Runtime:
         result = "error"
         self.block_waiters.cancel(key)  # this pass looks itself
         try:
-            snapshot = await self.cluster.get_resource(*key)
+            snapshot = await self.cluster.read_resource(*key)
             if snapshot is None:
                 result = "gone"
                 return None

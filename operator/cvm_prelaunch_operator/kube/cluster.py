@@ -1,5 +1,9 @@
-"""Kubernetes access for the reconciler: fresh reads, guarded status writes, events, and caches of
-the ConfigMaps and Secrets that resources reference (fed by the watches, never of unreferenced ones).
+"""Kubernetes access for the reconciler: reads of the resource, guarded status writes, events, and
+caches of the ConfigMaps and Secrets that resources reference (fed by the watches, never of
+unreferenced ones).
+
+A pass starts from the resource's watched body when nothing this process has heard of is newer than
+it (``kube.bodies``), which is the case after its own last status write; otherwise from a GET.
 
 A referenced Secret's values are read with a GET the first time a pass needs them and kept while the
 metadata-only Secret watch reports the same resourceVersion (a change, or a deletion, drops them at
@@ -29,6 +33,7 @@ from cvm_prelaunch_operator.domain.errors import NotLeader, Permanent, RetryLate
 from cvm_prelaunch_operator.domain.reasons import Reason
 from cvm_prelaunch_operator.domain.resource import GROUP, KIND, PLURAL, VERSION, ResourceSnapshot
 from cvm_prelaunch_operator.domain.secrets import Secret
+from cvm_prelaunch_operator.kube.bodies import WatchedBodies
 from cvm_prelaunch_operator.kube.client import MERGE_PATCH, KubeApiError, KubeClient
 from cvm_prelaunch_operator.reconcile.ports import AlwaysLeader, Fence, ScriptSource, StatusConflict
 
@@ -110,6 +115,7 @@ class Cluster:
         self._event_lane: asyncio.Semaphore | None = None  # made in the loop, on first use
         self._secret_versions: dict[ObjectKey, str | None] = {}
         self._secret_values: OrderedDict[ObjectKey, CachedSecret] = OrderedDict()
+        self._bodies: WatchedBodies[ResourceSnapshot] = WatchedBodies()
 
     # -- caches fed by the watches ---------------------------------------------------------------
 
@@ -152,8 +158,17 @@ class Cluster:
         recent = self._written.get(key)
         return bool(resource_version) and recent is not None and resource_version in recent
 
-    def forget_resource(self, key: ObjectKey) -> None:
-        self._written.pop(key, None)
+    def observe_resource(self, key: ObjectKey, body: Mapping[str, Any] | None) -> None:
+        """A watch event of a resource (None: deleted), in the watch's order."""
+        snapshot = None if body is None else snapshot_of(body)
+        self._bodies.observed(key, snapshot.resource_version if snapshot else "", snapshot)
+        if body is None:
+            self._written.pop(key, None)
+
+    def doubt_resources(self) -> None:
+        """Every resource's next pass reads it with a GET (this process starts leading: another one
+        may have written since)."""
+        self._bodies.doubt_all()
 
     def writing(self, key: ObjectKey) -> bool:
         """True while a status write of ours to this resource waits for its answer."""
@@ -170,14 +185,24 @@ class Cluster:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def get_resource(self, namespace: str, name: str) -> ResourceSnapshot | None:
-        """A fresh (quorum) read: every reconcile pass starts from the latest state, never from a
-        watch event that may predate our own last write."""
+    async def read_resource(self, namespace: str, name: str) -> ResourceSnapshot | None:
+        """The state a pass starts from: the watched body when nothing newer is known (see
+        ``kube.bodies``), otherwise a fresh (quorum) read. Never a watch event that may predate our
+        own last write."""
+        key = (namespace, name)
+        watched = self._bodies.trusted(key)
+        if watched is not None:
+            return watched
+        marker = self._bodies.marker(key)
         try:
             body = await self._client.get(resource_path(namespace, name), resource=PLURAL)
         except KubeApiError as exc:
             raise _transient(f"reading {namespace}/{name}", exc) from None
-        return None if body is None else snapshot_of(cast(Mapping[str, Any], body))
+        if body is None:
+            return None
+        read = snapshot_of(cast(Mapping[str, Any], body))
+        self._bodies.answered(key, read.resource_version, read, marker)
+        return read
 
     async def configmap(self, namespace: str, name: str) -> CachedConfigMap | None:
         key = (namespace, name)
@@ -243,8 +268,16 @@ class Cluster:
         self._fence.check()
         key = (namespace, name)
         self._writing[key] = self._writing.get(key, 0) + 1
+        marker = self._bodies.marker(key)
         try:
-            return await self._patch_status(namespace, name, patch, resource_version)
+            written, body = await self._patch_status(namespace, name, patch, resource_version)
+        except BaseException:
+            self._bodies.doubt(key)  # refused as stale, or perhaps applied without our hearing back
+            raise
+        else:
+            complete = isinstance(body.get("spec"), Mapping)
+            self._bodies.answered(key, written, snapshot_of(body) if complete else None, marker)
+            return written
         finally:
             left = self._writing.pop(key) - 1
             if left:
@@ -254,7 +287,7 @@ class Cluster:
 
     async def _patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
-    ) -> str:
+    ) -> tuple[str, Mapping[str, Any]]:
         body = {"metadata": {"resourceVersion": resource_version}, "status": dict(patch)}
         try:
             answer = await self._client.request(
@@ -270,9 +303,10 @@ class Cluster:
             if exc.status == 404:
                 raise StatusConflict(f"{namespace}/{name} is gone") from None
             raise _transient(f"writing the status of {namespace}/{name}", exc) from None
-        written = str(cast(Mapping[str, Any], answer.body)["metadata"]["resourceVersion"])
+        answered = cast(Mapping[str, Any], answer.body)
+        written = str(answered["metadata"]["resourceVersion"])
         self._written.setdefault((namespace, name), deque(maxlen=WRITES_REMEMBERED)).append(written)
-        return written
+        return written, answered
 
     def record_event(self, res: ResourceSnapshot, type_: str, reason: str, message: str) -> None:
         """Post an Event in the background: events are best effort, so a sync never waits for one."""
