@@ -44,7 +44,7 @@ class OperatorSettings:
         "MAX_CONCURRENT_RECONCILES",
         32,
         "resources reconciled at once; requeued looks (a pending transaction's next block) take at most "
-        "a quarter, the rest stay free for changes",
+        "a quarter and send their Kubernetes requests one at a time, the rest stay free for changes",
         minimum=1,
     )
     health_port: int = setting("HEALTH_PORT", 8081, "liveness and readiness endpoint `/healthz`", minimum=0)

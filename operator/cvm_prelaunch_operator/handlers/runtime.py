@@ -279,11 +279,13 @@ class Runtime:
         result = "error"
         self.block_waiters.cancel(key)  # this pass looks itself
         try:
-            snapshot = await self.cluster.read_resource(*key)
+            background = self.queue.timed_run(key)
+            snapshot = await self.cluster.read_resource(*key, background=background)
             if snapshot is None:
                 result = "gone"
                 return None
-            outcome = await self.reconciler.reconcile(snapshot, self.cluster.io_for(snapshot))
+            io = self.cluster.io_for(snapshot, background=background)
+            outcome = await self.reconciler.reconcile(snapshot, io)
             result = "requeue" if outcome.requeue_after is not None else "done"
             if outcome.awaits_block is not None:
                 chain_id, seen = outcome.awaits_block

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import time
 import uuid
@@ -54,6 +55,13 @@ EVENT_FLUSH_SECONDS = 1.0
 # slowed every pass down. A post takes a few milliseconds, so one lane keeps up with hundreds of
 # syncs a second; the backlog is bounded by MAX_PENDING_EVENTS.
 EVENT_CONCURRENCY = 1
+# Requests of passes that asked for themselves (requeued looks: fifty registrations woken by one block)
+# go to the API server one at a time; those of passes a change asked for (an edit) never wait for a
+# turn. When the eight looks under way wrote at once, the API server answered each write in 60 to
+# 120 ms, an edit's write-ahead among them (measured in the mainnet benchmark: the edits' reaction p99
+# went from 104-221 ms to 47-48 ms, while the last registration still reached Synced within 1.2 s of
+# its confirmations).
+BACKGROUND_REQUESTS = 1
 # Values of referenced Secrets kept between passes (see the module); more distinct Secrets than this
 # are read again as passes need them, the least recently used first.
 SECRET_VALUES_KEPT = 1024
@@ -113,6 +121,7 @@ class Cluster:
         self._write_settled: Callable[[ObjectKey], None] | None = None
         self._event_posts: set[asyncio.Task[None]] = set()
         self._event_lane: asyncio.Semaphore | None = None  # made in the loop, on first use
+        self._background_lane: asyncio.Semaphore | None = None
         self._secret_versions: dict[ObjectKey, str | None] = {}
         self._secret_values: OrderedDict[ObjectKey, CachedSecret] = OrderedDict()
         self._bodies: WatchedBodies[ResourceSnapshot] = WatchedBodies()
@@ -185,7 +194,17 @@ class Cluster:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def read_resource(self, namespace: str, name: str) -> ResourceSnapshot | None:
+    def _lane(self, background: bool) -> contextlib.AbstractAsyncContextManager[object]:
+        """The turn a request waits for: none for a pass a change asked for (see BACKGROUND_REQUESTS)."""
+        if not background:
+            return contextlib.nullcontext()
+        if self._background_lane is None:
+            self._background_lane = asyncio.Semaphore(BACKGROUND_REQUESTS)
+        return self._background_lane
+
+    async def read_resource(
+        self, namespace: str, name: str, *, background: bool = False
+    ) -> ResourceSnapshot | None:
         """The state a pass starts from: the watched body when nothing newer is known (see
         ``kube.bodies``), otherwise a fresh (quorum) read. Never a watch event that may predate our
         own last write."""
@@ -193,9 +212,10 @@ class Cluster:
         watched = self._bodies.trusted(key)
         if watched is not None:
             return watched
-        marker = self._bodies.marker(key)
         try:
-            body = await self._client.get(resource_path(namespace, name), resource=PLURAL)
+            async with self._lane(background):
+                marker = self._bodies.marker(key)
+                body = await self._client.get(resource_path(namespace, name), resource=PLURAL)
         except KubeApiError as exc:
             raise _transient(f"reading {namespace}/{name}", exc) from None
         if body is None:
@@ -261,16 +281,24 @@ class Cluster:
     # -- writes ---------------------------------------------------------------------------------
 
     async def patch_status(
-        self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
+        self,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        resource_version: str,
+        *,
+        background: bool = False,
     ) -> str:
         """Merge-patch the status subresource. The resourceVersion in the body is a precondition:
         the API server refuses the write with 409 if the object changed since."""
         self._fence.check()
         key = (namespace, name)
         self._writing[key] = self._writing.get(key, 0) + 1
-        marker = self._bodies.marker(key)
         try:
-            written, body = await self._patch_status(namespace, name, patch, resource_version)
+            async with self._lane(background):
+                self._fence.check()  # again after a wait for the lane
+                marker = self._bodies.marker(key)
+                written, body = await self._patch_status(namespace, name, patch, resource_version)
         except BaseException:
             self._bodies.doubt(key)  # refused as stale, or perhaps applied without our hearing back
             raise
@@ -374,17 +402,19 @@ class Cluster:
                 task.cancel()
         await self._client.aclose()
 
-    def io_for(self, res: ResourceSnapshot) -> KubeResourceIO:
-        return KubeResourceIO(self, res)
+    def io_for(self, res: ResourceSnapshot, *, background: bool = False) -> KubeResourceIO:
+        """``background``: the pass asked for itself (a requeue); its requests wait for their lane."""
+        return KubeResourceIO(self, res, background=background)
 
 
 class KubeResourceIO:
     """``reconcile.ports.ResourceIO`` for one pass over one resource."""
 
-    def __init__(self, cluster: Cluster, res: ResourceSnapshot) -> None:
+    def __init__(self, cluster: Cluster, res: ResourceSnapshot, *, background: bool = False) -> None:
         self._cluster = cluster
         self._res = res
         self._resource_version = res.resource_version
+        self._background = background
 
     async def read_script(self, config_map: str, key: str) -> ScriptSource:
         found = await self._cluster.configmap(self._res.namespace, config_map)
@@ -433,7 +463,7 @@ class KubeResourceIO:
 
     async def patch_status(self, patch: dict[str, object]) -> None:
         self._resource_version = await self._cluster.patch_status(
-            self._res.namespace, self._res.name, patch, self._resource_version
+            self._res.namespace, self._res.name, patch, self._resource_version, background=self._background
         )
 
     async def record_event(self, type_: str, reason: str, message: str) -> None:

@@ -61,6 +61,10 @@ class WorkQueue(Generic[K]):
     def processing(self) -> int:
         return len(self._processing)
 
+    def timed_run(self, key: K) -> bool:
+        """Whether ``key``'s run under way was handed over as a timed run (no change asked for it)."""
+        return key in self._timed_runs
+
     def add(self, key: K, delay: float = 0.0, *, timed: bool = False) -> None:
         """Run ``key`` after ``delay`` seconds; ``timed``: the handler asked for it (see the module)."""
         now = self._clock()
