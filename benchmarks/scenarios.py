@@ -614,6 +614,7 @@ def _fanout_once(run: Run, fleet: Fleet, limit: int) -> tuple[dict[str, Any], Sy
     # Ideal: every resource's calls at exactly the limit, back to back, each taking the latency.
     ideal = math.ceil(len(fleet) * calls_min / limit) * latency_s
     last_call = max((r.ended or r.started) for r in requests) - began if requests else 0.0
+    first_call = min(r.started for r in requests) - began if requests else 0.0
     # Where the time over the ideal went: in the calls (the simulator answering later than the injected
     # latency on a busy machine) or between them (slots the operator left idle).
     served = [r.ended - r.started for r in requests if r.ended is not None]
@@ -628,6 +629,7 @@ def _fanout_once(run: Run, fleet: Fleet, limit: int) -> tuple[dict[str, Any], Sy
         "calls_by_endpoint": dict(endpoints),
         "ideal_seconds": round(ideal, 3),
         "edit_to_all_synced_seconds": round(elapsed, 3),
+        "edit_to_first_remote_call_seconds": round(first_call, 3),
         "edit_to_last_remote_call_seconds": round(last_call, 3),
         "remote_call_ms_server_side": summary([x * 1000 for x in served]),
         "call_slots_busy_fraction": round(busy, 3),
