@@ -291,12 +291,11 @@ class Cluster:
     ) -> str:
         """Merge-patch the status subresource. The resourceVersion in the body is a precondition:
         the API server refuses the write with 409 if the object changed since."""
-        self._fence.check()
         key = (namespace, name)
         self._writing[key] = self._writing.get(key, 0) + 1
         try:
             async with self._lane(background):
-                self._fence.check()  # again after a wait for the lane
+                self._fence.check()  # here, after any wait for the lane: right before the request
                 marker = self._bodies.marker(key)
                 written, body = await self._patch_status(namespace, name, patch, resource_version)
         except BaseException:
